@@ -1,0 +1,5 @@
+"""`python -m stackwise` runs the `stackwise` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""The schema for people and editors: a draft-07 JSON Schema and the Markdown config reference.
+
+Draft-07 because that is the newest draft that yaml-language-server (VS Code's YAML extension, and
+the editors built on it) fully supports. Alias keys are listed as properties too, so that an editor
+accepts every layout stackwise loads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .aliases import KEY_ALIASES, SECTION_ALIASES
+from .errors import dotted
+from .schema import SECTIONS, StackwiseConfig
+
+SCHEMA_ID = "https://stackwise.dev/schema/stackwise.schema.json"
+
+
+def _draft07(node: Any) -> Any:
+    """Rewrite pydantic's 2020-12 output for draft-07: `$defs` -> `definitions`, `prefixItems` -> `items`."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$defs":
+                out["definitions"] = _draft07(value)
+            elif key == "$ref" and isinstance(value, str):
+                out[key] = value.replace("#/$defs/", "#/definitions/")
+            elif key == "prefixItems":
+                out["items"] = _draft07(value)
+            else:
+                out[key] = _draft07(value)
+        if "prefixItems" in node and "items" in node:
+            out["additionalItems"] = False
+        return out
+    if isinstance(node, list):
+        return [_draft07(v) for v in node]
+    return node
+
+
+def _definition_name(section: str) -> str:
+    return StackwiseConfig.model_fields[section].annotation.__name__  # type: ignore[union-attr]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07) of a stackwise config file, alias keys included."""
+    schema = _draft07(StackwiseConfig.model_json_schema())
+    defs = schema["definitions"]
+    for section in SECTIONS:
+        props = defs[_definition_name(section)]["properties"]
+        for alias, spec in KEY_ALIASES[section].items():
+            target = dotted(spec.target)
+            entry: dict[str, Any] = {"description": f"Alias of `{target}`."}
+            if spec.transform is None and spec.target[0] == section and len(spec.target) == 2:
+                entry = {**props[spec.target[1]], **entry}
+                entry.pop("default", None)
+            props[alias] = entry
+    for alias, target in SECTION_ALIASES.items():
+        name = "WandbConfig" if target == ("logging", "wandb") else _definition_name(target[0])
+        ref = {"$ref": f"#/definitions/{name}"}
+        schema["properties"][alias] = {
+            "description": f"Alias of `{dotted(target)}` (another guide's layout).",
+            "anyOf": [ref, {"type": "null"}],
+        }
+    schema["properties"]["defaults"] = {
+        "description": "Config groups to compose first, e.g. `- model: tiny`; `_self_` marks where this file goes.",
+        "type": "array",
+        "items": {"anyOf": [{"const": "_self_"}, {"type": "object", "maxProperties": 1}]},
+    }
+    return {"$schema": "http://json-schema.org/draft-07/schema#", "$id": SCHEMA_ID, **schema}
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+# -- Markdown reference ------------------------------------------------------------------------------------
+def _type_name(prop: dict[str, Any]) -> str:
+    if "enum" in prop:
+        return " | ".join(f"`{v}`" for v in prop["enum"])
+    if "const" in prop:
+        return f"`{prop['const']}`"
+    if "anyOf" in prop:
+        return " | ".join(_type_name(p) for p in prop["anyOf"])
+    if "$ref" in prop:
+        return f"[{prop['$ref'].rsplit('/', 1)[-1]}](#{prop['$ref'].rsplit('/', 1)[-1].lower()})"
+    kind = prop.get("type", "any")
+    if kind == "array":
+        items = prop.get("items", {})
+        inner = _type_name(items) if isinstance(items, dict) else ", ".join(_type_name(i) for i in items)
+        return f"list of {inner}"
+    if kind == "object" and isinstance(prop.get("additionalProperties"), dict):
+        return f"map of {_type_name(prop['additionalProperties'])}"
+    return str(kind)
+
+
+def _constraints(prop: dict[str, Any]) -> str:
+    parts = []
+    for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if key in prop:
+            parts.append(f"{sym} {prop[key]}")
+    for sub in prop.get("anyOf", []):
+        parts.extend(c for c in [_constraints(sub)] if c)
+    if "typical" in prop:
+        low, high = prop["typical"]
+        parts.append(f"typical {low}-{high} (guide {prop.get('guide', '?')})")
+    if "pattern" in prop:
+        parts.append(f"matches `{prop['pattern']}`")
+    return "; ".join(parts)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_reference() -> str:
+    """`docs/config-reference.md`: every section and field, with type, default, range and aliases."""
+    schema = json_schema()
+    defs = schema["definitions"]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema by `stackwise schema --format markdown`; do not edit by hand.",
+        "Every key below is validated by `stackwise validate`. Aliases are the names other guides use;",
+        "giving a setting under two names with different values is an error.",
+        "",
+        "Top-level sections: " + ", ".join(f"[`{s}`](#{_definition_name(s).lower()})" for s in SECTIONS) + ".",
+        "Other layouts' section names: "
+        + ", ".join(f"`{a}` -> `{dotted(t)}`" for a, t in SECTION_ALIASES.items())
+        + ".",
+        "",
+    ]
+    ordered = [_definition_name(s) for s in SECTIONS] + sorted(set(defs) - {_definition_name(s) for s in SECTIONS})
+    for name in ordered:
+        definition = defs[name]
+        lines += [f"## {name}", "", definition.get("description", "").strip(), ""]
+        lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+        for key, prop in definition.get("properties", {}).items():
+            desc = prop.get("description", "")
+            if desc.startswith("Alias of"):
+                continue
+            default = json.dumps(prop["default"]) if "default" in prop else "required"
+            lines.append(
+                f"| `{key}` | {_cell(_type_name(prop))} | `{_cell(default)}` | {_cell(_constraints(prop))} | {_cell(desc)} |"
+            )
+        aliases = [(k, p["description"]) for k, p in definition.get("properties", {}).items()
+                   if p.get("description", "").startswith("Alias of")]
+        if aliases:
+            lines += ["", "Aliases: " + "; ".join(f"`{k}` ({d[len('Alias of '):].rstrip('.')})" for k, d in aliases) + "."]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
