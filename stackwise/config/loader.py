@@ -260,7 +260,7 @@ def _compose(doc: Doc, overrides: Sequence[str], search_dirs: list[Path], folder
     if nested:
         entries, self_at = _defaults_list(doc, composer)
         chosen = {group for group, _, _ in entries}
-        for i, (group, option, loc) in enumerate(entries):
+        for i, (group, _option, _loc) in enumerate(entries):
             if group in cli_groups:
                 entries[i] = (group, *cli_groups[group])
         for group, (option, loc) in cli_groups.items():
