@@ -113,16 +113,56 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _prefixes() -> dict[str, str]:
+    """Definition name -> dotted path of the (first) field that uses it."""
+    from .support import _section_type
+
+    out: dict[str, str] = {}
+
+    def walk(model: Any, prefix: str) -> None:
+        out.setdefault(model.__name__, prefix)
+        for name, info in model.model_fields.items():
+            section = _section_type(info.annotation)
+            if section is not None:
+                walk(section, f"{prefix}{name}.")
+            elif name == "datasets":
+                from .sections import DatasetSource
+
+                out.setdefault(DatasetSource.__name__, f"{prefix}{name}[].")
+
+    walk(StackwiseConfig, "")
+    return out
+
+
+def _read_by(path: str) -> str:
+    import re
+
+    from .support import consumer_of
+
+    try:
+        component, now = consumer_of(path.replace("[]", ""))
+    except KeyError:
+        return ""
+    if now:
+        return "now"
+    issue = re.search(r"#\d+", component)
+    return f"planned ({issue.group(0)})" if issue else "planned"
+
+
 def markdown_reference() -> str:
     """`docs/config-reference.md`: every section and field, with type, default, range and aliases."""
     schema = json_schema()
     defs = schema["definitions"]
+    prefixes = _prefixes()
     lines = [
         "# Configuration reference",
         "",
         "Generated from the schema by `stackwise schema --format markdown`; do not edit by hand.",
         "Every key below is validated by `stackwise validate`. Aliases are the names other guides use;",
         "giving a setting under two names with different values is an error.",
+        "",
+        "The `read by` column says whether the engine reads a setting today; `stackwise train` refuses a config",
+        "that sets a setting marked `planned` rather than silently ignoring it (see `stackwise/config/support.py`).",
         "",
         "Top-level sections: " + ", ".join(f"[`{s}`](#{_definition_name(s).lower()})" for s in SECTIONS) + ".",
         "Other layouts' section names: "
@@ -134,14 +174,16 @@ def markdown_reference() -> str:
     for name in ordered:
         definition = defs[name]
         lines += [f"## {name}", "", definition.get("description", "").strip(), ""]
-        lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+        lines += ["| key | type | default | allowed | read by | description |", "|---|---|---|---|---|---|"]
         for key, prop in definition.get("properties", {}).items():
             desc = prop.get("description", "")
             if desc.startswith("Alias of"):
                 continue
-            default = json.dumps(prop["default"]) if "default" in prop else "required"
+            required = key in definition.get("required", [])
+            default = json.dumps(prop["default"]) if "default" in prop else ("required" if required else "see section")
             lines.append(
-                f"| `{key}` | {_cell(_type_name(prop))} | `{_cell(default)}` | {_cell(_constraints(prop))} | {_cell(desc)} |"
+                f"| `{key}` | {_cell(_type_name(prop))} | `{_cell(default)}` | {_cell(_constraints(prop))} "
+                f"| {_read_by(prefixes.get(name, '') + key) if name in prefixes else ''} | {_cell(desc)} |"
             )
         aliases = [(k, p["description"]) for k, p in definition.get("properties", {}).items()
                    if p.get("description", "").startswith("Alias of")]

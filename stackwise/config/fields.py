@@ -23,6 +23,7 @@ def field(
     default: Any = ...,
     description: str = "",
     *,
+    factory: Any = None,
     typical: tuple[float, float] | None = None,
     guide: str | None = None,
     **constraints: Any,
@@ -33,6 +34,8 @@ def field(
         extra["typical"] = list(typical)
     if guide is not None:
         extra["guide"] = guide
+    if factory is not None:  # a sub-section: built when needed, not at import
+        return Field(default_factory=factory, description=description, json_schema_extra=extra or None, **constraints)
     return Field(default, description=description, json_schema_extra=extra or None, **constraints)
 
 

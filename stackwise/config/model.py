@@ -120,15 +120,15 @@ class ModelConfig(Section):
     )
     kernel_dim: int | None = field(None, "Random-feature dimension for kernel_type gaussian; null = head dimension.", ge=1)
     attention_kernel: KernelChoice = field("auto", "Attention implementation: auto, torch (reference) or triton.")
-    mla: MLAConfig = field(MLAConfig(), "Multi-head latent attention settings (attention_type: mla).")
+    mla: MLAConfig = field(factory=MLAConfig, description="Multi-head latent attention settings (attention_type: mla).")
     use_peer: bool = field(False, "Replace the MLP of layers from peer_start_layer on with PEER expert layers.")
     peer_start_layer: int = field(0, "First layer (0-based) that uses PEER.", ge=0)
-    peer: PEERConfig = field(PEERConfig(), "PEER settings (use_peer: true).")
+    peer: PEERConfig = field(factory=PEERConfig, description="PEER settings (use_peer: true).")
     peer_kernel: KernelChoice = field("auto", "PEER retrieval implementation: auto, torch (reference) or triton.")
     quantization: QuantizationConfig | None = field(
         None, "BitNet linear layers (ternary weights, 8-bit activations); null = full-precision linear layers."
     )
-    subln: SubLNConfig = field(SubLNConfig(), "SubLN settings (BitNet).")
+    subln: SubLNConfig = field(factory=SubLNConfig, description="SubLN settings (BitNet).")
     tokenizer_embedding: TokenizerEmbeddingConfig | None = field(
         None, "Initialise token embeddings from a pretrained model; null = random initialisation."
     )

@@ -20,13 +20,13 @@ SKIP_RULES = "stackwise_skip_rules"
 class StackwiseConfig(Section):
     """A whole stackwise config. Build it with `from_yaml`, `from_dict`, or the constructor; it is immutable."""
 
-    model: ModelConfig = field(ModelConfig(), "Model architecture.")
-    training: TrainingConfig = field(TrainingConfig(), "Training schedule, optimisation and run directory.")
-    data: DataConfig = field(DataConfig(), "Training data and tokenizer.")
-    evaluation: EvaluationConfig = field(EvaluationConfig(), "Periodic evaluation.")
-    logging: LoggingConfig = field(LoggingConfig(), "Metric sinks (JSONL, TensorBoard, W&B).")
-    distributed: DistributedConfig = field(DistributedConfig(), "Single device, DDP or FSDP.")
-    distillation: DistillationConfig = field(DistillationConfig(), "Distillation from a teacher model.")
+    model: ModelConfig = field(factory=ModelConfig, description="Model architecture.")
+    training: TrainingConfig = field(factory=TrainingConfig, description="Training schedule, optimisation and run directory.")
+    data: DataConfig = field(factory=DataConfig, description="Training data and tokenizer.")
+    evaluation: EvaluationConfig = field(factory=EvaluationConfig, description="Periodic evaluation.")
+    logging: LoggingConfig = field(factory=LoggingConfig, description="Metric sinks (JSONL, TensorBoard, W&B).")
+    distributed: DistributedConfig = field(factory=DistributedConfig, description="Single device, DDP or FSDP.")
+    distillation: DistillationConfig = field(factory=DistillationConfig, description="Distillation from a teacher model.")
 
     @model_validator(mode="after")
     def _cross_field_rules(self, info: ValidationInfo) -> StackwiseConfig:

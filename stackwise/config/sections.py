@@ -79,7 +79,7 @@ class LoggingConfig(Section):
 
     jsonl: bool = field(True, "Write metrics as JSON lines in the run directory.")
     tensorboard: bool = field(True, "Write TensorBoard events when tensorboard is installed.")
-    wandb: WandbConfig = field(WandbConfig(), "Weights & Biases settings.")
+    wandb: WandbConfig = field(factory=WandbConfig, description="Weights & Biases settings.")
 
 
 DType = Annotated[Literal["fp32", "fp16", "bf16"], synonyms(PRECISION_SYNONYMS)]
@@ -121,13 +121,13 @@ class FSDPConfig(Section):
     sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = field(
         "FULL_SHARD", "FULL_SHARD (ZeRO-3), SHARD_GRAD_OP (ZeRO-2), NO_SHARD (DDP), HYBRID_SHARD."
     )
-    mixed_precision: FSDPMixedPrecision = field(FSDPMixedPrecision(), "FSDP mixed-precision policy.")
-    activation_checkpointing: ActivationCheckpointing = field(ActivationCheckpointing(), "Per-layer checkpointing.")
+    mixed_precision: FSDPMixedPrecision = field(factory=FSDPMixedPrecision, description="FSDP mixed-precision policy.")
+    activation_checkpointing: ActivationCheckpointing = field(factory=ActivationCheckpointing, description="Per-layer checkpointing.")
     backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST"] | None = field("BACKWARD_PRE", "Backward prefetch policy.")
     forward_prefetch: bool = field(False, "Prefetch the next all-gather in the forward pass.")
     limit_all_gathers: bool = field(True, "Rate-limit all-gathers to bound memory.")
-    cpu_offload: CPUOffload = field(CPUOffload(), "CPU offload.")
-    state_dict: StateDictConfig = field(StateDictConfig(), "Checkpoint state-dict type.")
+    cpu_offload: CPUOffload = field(factory=CPUOffload, description="CPU offload.")
+    state_dict: StateDictConfig = field(factory=StateDictConfig, description="Checkpoint state-dict type.")
 
 
 class DistributedConfig(Section):
@@ -138,7 +138,7 @@ class DistributedConfig(Section):
     num_gpus: int = field(1, "GPUs per node.", ge=1)
     num_nodes: int = field(1, "Nodes.", ge=1)
     gradient_accumulation_factor: int = field(1, "Extra factor on training.gradient_accumulation_steps.", ge=1)
-    fsdp: FSDPConfig = field(FSDPConfig(), "FSDP settings (strategy: fsdp).")
+    fsdp: FSDPConfig = field(factory=FSDPConfig, description="FSDP settings (strategy: fsdp).")
 
 
 class AttentionDistillation(Section):
@@ -163,8 +163,8 @@ class DistillationConfig(Section):
     lambda_logits: float = field(10.0, "Weight of the logits KL term.", ge=0)
     gamma_attention: float = field(1e-5, "Weight of the attention distillation term.", ge=0)
     temperature: float = field(5.0, "Softmax temperature of the logits distillation.", gt=0)
-    attention: AttentionDistillation = field(AttentionDistillation(), "Attention distillation settings.")
-    teacher: TeacherConfig = field(TeacherConfig(), "Teacher model.")
+    attention: AttentionDistillation = field(factory=AttentionDistillation, description="Attention distillation settings.")
+    teacher: TeacherConfig = field(factory=TeacherConfig, description="Teacher model.")
 
 
 class DataMix(Section):

@@ -142,7 +142,7 @@ class TrainingConfig(Section):
         "linear", "How the mask fraction grows with depth between min and max."
     )
     mask_token_id: int | None = field(None, "Token id used for masked positions; null = the tokenizer's mask token.", ge=0)
-    progressive: ProgressiveConfig = field(ProgressiveConfig(), "Progressive (stack-by-stack) training with dual LoRA.")
+    progressive: ProgressiveConfig = field(factory=ProgressiveConfig, description="Progressive (stack-by-stack) training with dual LoRA.")
 
     # -- run directory, logging cadence, checkpoints ----------------------------------------------------
     run_id: str | None = field(None, "Name of the run directory under checkpoint_dir; null = a timestamp.")
