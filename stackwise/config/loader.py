@@ -415,5 +415,5 @@ def _parse_dotted(text: str) -> Path_:
         if name:
             out.append(name)
         for idx in rest.replace("]", "").split("[") if rest else []:
-            out.append(int(idx) if idx.isdigit() else idx)
+            out.append(int(idx) if idx.lstrip("-").isdigit() else idx)
     return tuple(out)

@@ -116,14 +116,19 @@ def kv_heads_divide_heads(cfg: StackwiseConfig) -> Iterable[Issue]:
         yield warning("model.n_kv_heads", "n_kv_heads is not used by mla attention (keys and values come from the latent)")
 
 
-@rule("model.use_rope", "model.d_model", "model.n_heads", "model.head_dim", "model.attention_type", "model.mla")
+@rule("model.use_rope", "model.d_model", "model.n_heads", "model.head_dim", "model.attention_type", "model.mla.qk_rope_head_dim")
 def rope_needs_even_dims(cfg: StackwiseConfig) -> Iterable[Issue]:
     m = cfg.model
     if m.attention_type == "mla":
         if m.mla.qk_rope_head_dim % 2:
             yield error("model.mla.qk_rope_head_dim", f"qk_rope_head_dim ({m.mla.qk_rope_head_dim}) must be even: RoPE rotates pairs of dimensions")
-    elif m.use_rope and m.n_heads and m.resolved_head_dim % 2:
-        yield error("model.use_rope", f"RoPE needs an even head dimension; d_model / n_heads = {m.resolved_head_dim}")
+    elif m.head_dim is None and m.d_model % m.n_heads:
+        return  # reported by heads_divide_width; there is no whole head dimension to check
+    elif m.use_rope and m.resolved_head_dim % 2:
+        where = "model.head_dim" if m.head_dim is not None else "model.n_heads"
+        where = "model.use_rope" if is_set(cfg, "model.use_rope") else where
+        source = "head_dim" if m.head_dim is not None else "d_model / n_heads"
+        yield error(where, f"RoPE needs an even head dimension: RoPE rotates pairs of dimensions, but {source} = {m.resolved_head_dim}")
 
 
 @rule("model.attention_type", "model.mla", "model.kernel_type", "model.kernel_dim")
@@ -138,12 +143,14 @@ def attention_options_apply(cfg: StackwiseConfig) -> Iterable[Issue]:
         yield warning("model.kernel_dim", "kernel_dim only applies to kernel_type gaussian (random features)")
 
 
-@rule("model.use_peer", "model.peer", "model.peer_start_layer", "model.n_layers")
+@rule("model.use_peer", "model.peer.num_experts", "model.peer.product_key_dim", "model.peer.query_dim",
+      "model.peer.num_experts_per_tok", "model.peer_start_layer", "model.n_layers")
 def peer_geometry(cfg: StackwiseConfig) -> Iterable[Issue]:
     m, p = cfg.model, cfg.model.peer
     if not m.use_peer:
         if is_set(cfg, "model.peer") or is_set(cfg, "model.peer_start_layer"):
-            yield warning("model.use_peer", "PEER settings are given but use_peer is false, so they are ignored")
+            where = "model.peer" if is_set(cfg, "model.peer") else "model.peer_start_layer"
+            yield warning(where, "PEER settings are given but use_peer is false, so they are ignored")
         return
     product = math.prod(p.product_key_dim)
     if p.num_experts != product:
@@ -167,10 +174,12 @@ def seq_len_fits(cfg: StackwiseConfig) -> Iterable[Issue]:
 def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
     vocab = cfg.model.vocab_size
     named = cfg.data.tokenizer_path or (cfg.model.tokenizer_embedding.family if cfg.model.tokenizer_embedding else None)
-    if vocab is not None and named:
-        size = tokenizer_vocab_size(named)
-        if size is not None and vocab < size:
+    if vocab is not None:
+        size = tokenizer_vocab_size(named or "gpt2")
+        if size is not None and vocab < size and named:
             yield error("model.vocab_size", f"vocab_size ({vocab}) is smaller than the vocabulary of tokenizer `{named}` ({size}); token ids would be out of range")
+        elif size is not None and vocab < size and not cfg.data.use_dummy_data:
+            yield warning("model.vocab_size", f"vocab_size ({vocab}) is smaller than the default GPT-2 tokenizer ({size}); set data.tokenizer_path to the tokenizer this vocabulary belongs to")
     mask = cfg.training.mask_token_id
     if vocab is not None and mask is not None and mask >= vocab:
         yield error("training.mask_token_id", f"mask_token_id ({mask}) must be below vocab_size ({vocab})")
@@ -213,7 +222,7 @@ def options_apply_to_mode(cfg: StackwiseConfig) -> Iterable[Issue]:
 def masking_schedule(cfg: StackwiseConfig) -> Iterable[Issue]:
     t = cfg.training
     fractions = t.time_step_mask_fractions
-    if fractions is not None and t.num_time_steps is not None and len(fractions) != t.num_time_steps:
+    if t.time_step_masking and fractions is not None and t.num_time_steps is not None and len(fractions) != t.num_time_steps:
         yield error("training.time_step_mask_fractions", f"{len(fractions)} mask fractions given for num_time_steps {t.num_time_steps}; give one per time step")
     if t.min_mask_fraction >= t.max_mask_fraction:
         yield error("training.min_mask_fraction", f"min_mask_fraction ({t.min_mask_fraction}) must be below max_mask_fraction ({t.max_mask_fraction})")
@@ -237,7 +246,10 @@ def objective_fits_attention(cfg: StackwiseConfig) -> Iterable[Issue]:
         yield warning("model.attention_mode", "masked diffusion with causal attention: a masked token can only use the context to its left")
 
 
-@rule("training.progressive", "training.total_blocks", "training.block_size", "model.n_layers")
+@rule("training.progressive.enabled", "training.progressive.qlora_strategy", "training.progressive.qlora_configs",
+      "training.progressive.qlora_enabled", "training.progressive.qlora_rank", "training.progressive.qlora_rank_pattern",
+      "training.progressive.trunk_strategy", "training.progressive.progressive_qlora",
+      "training.total_blocks", "training.block_size", "model.n_layers")
 def progressive_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
     p = cfg.training.progressive
     n_stacks = derived.blocks(cfg)[0]
@@ -301,7 +313,8 @@ def _text_rules(source: Any, path: str) -> Iterable[Issue]:
         yield error(f"{path}.text_template", "give text_field or text_template, not both")
 
 
-@rule("data")
+@rule("data.text_field", "data.text_template", "data.datasets", "data.dataset_path", "data.data_mix",
+      "data.data_mixes_file", "data.use_dummy_data")
 def data_sources(cfg: StackwiseConfig) -> Iterable[Issue]:
     d = cfg.data
     yield from _text_rules(d, "data")
@@ -352,7 +365,7 @@ def check_data_mixes_doc(doc: Any) -> list[Issue]:
 
 
 # -- distributed and distillation --------------------------------------------------------------------------------
-@rule("distributed")
+@rule("distributed.strategy", "distributed.fsdp", "distributed.num_gpus", "distributed.num_nodes")
 def distributed_strategy(cfg: StackwiseConfig) -> Iterable[Issue]:
     d = cfg.distributed
     if d.strategy != "fsdp" and is_set(cfg, "distributed.fsdp"):

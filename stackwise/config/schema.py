@@ -64,7 +64,8 @@ class StackwiseConfig(Section):
             from .yamlio import format_override
 
             changes = [format_override(key, value) for key, value in changes.items()]
-        return self.from_dict(self.to_dict(), list(changes))
+        # Only what was set, so that defaults stay defaults (warnings and `migrate` depend on that).
+        return self.from_dict(self.model_dump(mode="json", exclude_unset=True), list(changes))
 
     # -- output --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
