@@ -96,7 +96,7 @@ def _print_text(results: list[LoadResult], strict: bool) -> None:
     console.print(f"{len(results)} file(s) checked, {bad} invalid")
 
 
-def _print_json(results: list[LoadResult]) -> None:
+def _print_json(results: list[LoadResult], strict: bool) -> None:
     def issue_json(issue: Issue) -> dict[str, object]:
         return {**issue.to_json(), "file": issue.file}
 
@@ -105,7 +105,7 @@ def _print_json(results: list[LoadResult]) -> None:
             {
                 "file": r.file,
                 "kind": r.kind,
-                "valid": r.valid,
+                "valid": r.valid and not (strict and r.warnings),
                 "errors": [issue_json(i) for i in r.errors],
                 "warnings": [issue_json(i) for i in r.warnings],
             }
@@ -118,7 +118,8 @@ def _print_json(results: list[LoadResult]) -> None:
 def _print_github(results: list[LoadResult]) -> None:
     for result in results:
         for issue in result.issues:
-            props = [f"file={_github_escape(issue.file or result.file, True)}"]
+            file = issue.file or result.file
+            props = [] if file.startswith("<") else [f"file={_github_escape(file, True)}"]
             if issue.line is not None:
                 props.append(f"line={issue.line}")
             if issue.column is not None:
@@ -148,7 +149,7 @@ def validate(
     if not results:
         typer.echo("stackwise validate: no config files given", err=True)
         raise typer.Exit(2)
-    {Format.text: lambda: _print_text(results, strict), Format.json: lambda: _print_json(results),
+    {Format.text: lambda: _print_text(results, strict), Format.json: lambda: _print_json(results, strict),
      Format.github: lambda: _print_github(results)}[fmt]()
     if unreadable:
         raise typer.Exit(2)

@@ -31,6 +31,7 @@ class Issue:
     line: int | None = None
     column: int | None = None
     key: str | None = None
+    code: str | None = None  # the rule that raised it, when a rule did
 
     def at(self, loc: Location | None) -> Issue:
         """This issue placed at `loc` (fields already set are kept)."""

@@ -42,10 +42,51 @@ def _definition_name(section: str) -> str:
     return StackwiseConfig.model_fields[section].annotation.__name__  # type: ignore[union-attr]
 
 
+def _synonyms_by_definition() -> dict[str, dict[str, tuple[str, ...]]]:
+    """{definition: {field: accepted other spellings}} from the schema's `synonyms(...)` validators."""
+    from .support import _section_type
+
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    seen: set[str] = set()
+
+    def walk(model: Any) -> None:
+        if model.__name__ in seen:
+            return
+        seen.add(model.__name__)
+        for name, info in model.model_fields.items():
+            for meta in info.metadata:
+                extra = getattr(getattr(meta, "func", None), "synonyms", None)
+                if extra:
+                    out.setdefault(model.__name__, {})[name] = extra
+            section = _section_type(info.annotation)
+            if section is not None:
+                walk(section)
+        if model.__name__ == "DataConfig":
+            from .sections import DatasetSource
+
+            walk(DatasetSource)
+
+    walk(StackwiseConfig)
+    return out
+
+
+def _add_to_enum(prop: dict[str, Any], values: tuple[str, ...]) -> None:
+    for node in [prop, *prop.get("anyOf", [])]:
+        if "enum" in node:
+            node["enum"] = [*node["enum"], *(v for v in values if v not in node["enum"])]
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft-07) of a stackwise config file, alias keys included."""
+    """The JSON Schema (draft-07) of a stackwise config file, alias keys and value synonyms included."""
     schema = _draft07(StackwiseConfig.model_json_schema())
     defs = schema["definitions"]
+    for definition, fields in _synonyms_by_definition().items():
+        for name, values in fields.items():
+            _add_to_enum(defs[definition]["properties"][name], values)
+    for section in SECTIONS:  # an empty section (`training:` with everything commented out) is null
+        prop = schema["properties"][section]
+        ref = {"$ref": prop.pop("$ref")}
+        prop["anyOf"] = [ref, {"type": "null"}]
     for section in SECTIONS:
         props = defs[_definition_name(section)]["properties"]
         for alias, spec in KEY_ALIASES[section].items():

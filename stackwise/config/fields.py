@@ -57,6 +57,7 @@ def synonyms(mapping: Mapping[str, str]) -> BeforeValidator:
             return mapping.get(key, key)
         return value
 
+    normalise.synonyms = tuple(mapping)  # type: ignore[attr-defined]  # listed in the JSON Schema too
     return BeforeValidator(normalise)
 
 

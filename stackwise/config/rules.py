@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def run_rules(cfg: StackwiseConfig, removed: Sequence[tuple] = ()) -> list[Issue
     for r in RULES:
         if any(_overlaps(read, b) for read in r.reads for b in bad):
             continue
-        issues.extend(r.check(cfg))
+        issues.extend(replace(issue, code=r.name) for issue in r.check(cfg))
     return issues
 
 
