@@ -80,6 +80,12 @@ def depth_mask_fractions(cfg: StackwiseConfig, steps: int | None = None) -> tupl
     return tuple(out)
 
 
-def is_streaming(cfg: StackwiseConfig) -> bool:
-    """Whether any training dataset is streamed (and so has no length)."""
-    return cfg.data.streaming or any(d.streaming for d in cfg.data.datasets or ())
+def tokenizer_name(cfg: StackwiseConfig) -> str:
+    """The tokenizer a config trains with: data.tokenizer_path, else the pretrained model's, else GPT-2's."""
+    if cfg.data.tokenizer_path:
+        return cfg.data.tokenizer_path
+    if cfg.model.pretrained_name:
+        return cfg.model.pretrained_name
+    if cfg.model.tokenizer_embedding is not None:
+        return cfg.model.tokenizer_embedding.path or cfg.model.tokenizer_embedding.family
+    return "gpt2"

@@ -118,7 +118,7 @@ class _Composer:
             )
             return
         try:
-            doc = load_yaml_file(path)
+            doc = load_yaml_file(_display(path))
             if path.resolve().is_relative_to(PRESETS_DIR):
                 doc = _relabel(doc, f"<built-in preset {group}={path.stem}>")
         except OSError as exc:
@@ -132,6 +132,14 @@ class _Composer:
         for layer in self.layers:
             _merge(tree, layer.tree, (), locs, layer.locs)
         return tree, locs
+
+
+def _display(path: Path) -> Path:
+    """`path` relative to the working directory when it is below it (as users wrote their own paths)."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _relabel(doc: Doc, label: str) -> Doc:
@@ -378,6 +386,7 @@ def _convert(err: Mapping[str, Any], data: Any) -> tuple[Path_, Issue]:
         hint = f"; did you mean `{guess}`?" if guess else (f" (allowed: {', '.join(fields)})" if fields else "")
         return path, Issue(name, f"unknown key `{key}` in `{dotted(path[:-1])}`{hint}")
     message = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+    message = message.replace("a valid tuple", "a list").replace("a valid dictionary", "a mapping")
     if kind == "missing":
         return path, Issue(name, "this setting is required")
     if isinstance(value, dict) and kind not in ("value_error", "assertion_error"):

@@ -170,16 +170,16 @@ def seq_len_fits(cfg: StackwiseConfig) -> Iterable[Issue]:
         yield error("training.seq_len", f"seq_len ({cfg.training.seq_len}) is above model.max_seq_len ({cfg.model.max_seq_len})")
 
 
-@rule("model.vocab_size", "data.tokenizer_path", "model.tokenizer_embedding", "training.mask_token_id")
+@rule("model.vocab_size", "data.tokenizer_path", "model.pretrained_name", "model.tokenizer_embedding", "training.mask_token_id")
 def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
     vocab = cfg.model.vocab_size
-    named = cfg.data.tokenizer_path or (cfg.model.tokenizer_embedding.family if cfg.model.tokenizer_embedding else None)
-    if vocab is not None:
-        size = tokenizer_vocab_size(named or "gpt2")
-        if size is not None and vocab < size and named:
-            yield error("model.vocab_size", f"vocab_size ({vocab}) is smaller than the vocabulary of tokenizer `{named}` ({size}); token ids would be out of range")
-        elif size is not None and vocab < size and not cfg.data.use_dummy_data:
+    name = derived.tokenizer_name(cfg)
+    size = tokenizer_vocab_size(name) if vocab is not None else None
+    if size is not None and vocab < size and not cfg.data.use_dummy_data:  # type: ignore[operator]
+        if name == "gpt2" and not cfg.data.tokenizer_path:
             yield warning("model.vocab_size", f"vocab_size ({vocab}) is smaller than the default GPT-2 tokenizer ({size}); set data.tokenizer_path to the tokenizer this vocabulary belongs to")
+        else:
+            yield error("model.vocab_size", f"vocab_size ({vocab}) is smaller than the vocabulary of tokenizer `{name}` ({size}); token ids would be out of range")
     mask = cfg.training.mask_token_id
     if vocab is not None and mask is not None and mask >= vocab:
         yield error("training.mask_token_id", f"mask_token_id ({mask}) must be below vocab_size ({vocab})")
@@ -277,13 +277,32 @@ def progressive_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
 
 
 # -- optimisation and duration ------------------------------------------------------------------------------
-@rule("training.max_steps", "training.num_train_epochs", "training.steps_per_epoch", "data.streaming", "data.datasets")
+def _mix_sources(cfg: StackwiseConfig) -> list[Any]:
+    """The datasets of data.data_mix, read from data_mixes_file (empty when either is missing or invalid)."""
+    from .sections import DataMixesFile
+    from .yamlio import load_yaml_file
+
+    d = cfg.data
+    if not d.data_mix or not d.data_mixes_file or not Path(d.data_mixes_file).is_file():
+        return []
+    try:
+        mixes = DataMixesFile.model_validate(load_yaml_file(d.data_mixes_file).data).data_mixes
+    except (ValidationError, OSError):
+        return []
+    return list(mixes[d.data_mix].datasets) if d.data_mix in mixes else []
+
+
+@rule("training.max_steps", "training.num_train_epochs", "training.steps_per_epoch", "data.streaming", "data.datasets",
+      "data.data_mix", "data.data_mixes_file")
 def duration(cfg: StackwiseConfig) -> Iterable[Issue]:
-    t = cfg.training
+    t, d = cfg.training, cfg.data
+    streamed = [s for s in (*(d.datasets or ()), *_mix_sources(cfg)) if s.streaming]
     if t.max_steps is not None and t.num_train_epochs is not None:
         yield error("training.num_train_epochs", f"give max_steps ({t.max_steps}) or num_train_epochs ({t.num_train_epochs}), not both")
-    elif t.max_steps is None and derived.is_streaming(cfg) and t.steps_per_epoch is None:
+    elif t.max_steps is None and (d.streaming or streamed) and t.steps_per_epoch is None:
         where = "training.num_train_epochs" if t.num_train_epochs is not None else "data.streaming"
+        if where == "data.streaming" and not d.streaming:
+            where = "data.datasets" if d.datasets else "data.data_mix"
         yield error(where, "a streaming dataset has no length, so epochs cannot be counted: set training.max_steps, or steps_per_epoch with num_train_epochs")
     if t.steps_per_epoch is not None and t.num_train_epochs is None:
         yield warning("training.steps_per_epoch", "steps_per_epoch only applies with num_train_epochs")

@@ -47,7 +47,9 @@ class DataConfig(Section):
     num_workers: int = field(0, "Data-loading worker processes; each reads its own shard.", ge=0)
     use_dummy_data: bool = field(False, "Random tokens instead of text, for smoke tests.")
     num_samples: int | None = field(None, "Use at most this many documents (or dummy sequences).", ge=1)
-    tokenizer_path: str | None = field(None, "Hugging Face tokenizer name or local path; null = the GPT-2 tokenizer.")
+    tokenizer_path: str | None = field(
+        None, "Hugging Face tokenizer name or local path; null = model.pretrained_name's tokenizer, else GPT-2's."
+    )
     special_tokens: tuple[str, ...] | None = field(None, "Special tokens added to the tokenizer (guide 002).")
     validation_path: str | None = field(None, "Validation data (same kinds as dataset_path).")
     validation_fraction: float = field(0.01, "Held-out fraction for validation when validation_path is null.", ge=0, lt=0.5)
