@@ -9,6 +9,8 @@ Prints one JSON object. Target (issue #2): median under 0.35 s on a 2-core machi
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import json
 import platform
 import shutil
@@ -20,6 +22,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def wall(cmd: list[str], runs: int) -> list[float]:
@@ -57,7 +69,8 @@ def main() -> None:
         "target_s": 0.35,
         "meets_target": statistics.median(validate) < 0.35,
         "torch_imported": torch_imported == "True",
-        "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cores".strip(),
+        "torch_installed": importlib.util.find_spec("torch") is not None,
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }, indent=2))
