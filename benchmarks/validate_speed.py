@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import json
+import os
 import platform
 import shutil
 import statistics

@@ -14,8 +14,6 @@ from .aliases import KEY_ALIASES, SECTION_ALIASES
 from .errors import dotted
 from .schema import SECTIONS, StackwiseConfig
 
-SCHEMA_ID = "https://stackwise.dev/schema/stackwise.schema.json"
-
 
 def _draft07(node: Any) -> Any:
     """Rewrite pydantic's 2020-12 output for draft-07: `$defs` -> `definitions`, `prefixItems` -> `items`."""
@@ -108,7 +106,7 @@ def json_schema() -> dict[str, Any]:
         "type": "array",
         "items": {"anyOf": [{"const": "_self_"}, {"type": "object", "maxProperties": 1}]},
     }
-    return {"$schema": "http://json-schema.org/draft-07/schema#", "$id": SCHEMA_ID, **schema}
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **schema}
 
 
 def json_schema_text() -> str:

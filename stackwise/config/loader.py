@@ -297,6 +297,7 @@ def _compose(doc: Doc, overrides: Sequence[str], search_dirs: list[Path], folder
     tree, locs = composer.merged()
     config, issues = validate_tree(tree, locs)
     all_issues = _dedupe([*composer.issues, *issues])
+    all_issues.sort(key=lambda i: (i.severity != "error", i.file != doc.file, i.file or "", i.line or 0, i.column or 0))
     ok = not any(i.severity == "error" for i in all_issues)
     return LoadResult(doc.file, config if ok else None, all_issues)
 
