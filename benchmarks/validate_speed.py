@@ -58,22 +58,27 @@ def main() -> None:
         f"r = CliRunner().invoke(app, ['validate', {args.config!r}]); print('torch' in sys.modules)"
     )
     torch_imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
-    print(json.dumps({
-        "benchmark": "stackwise validate, one file, fresh process",
-        "config": str(Path(args.config)),
-        "runs": args.runs,
-        "median_s": round(statistics.median(validate), 4),
-        "min_s": round(min(validate), 4),
-        "max_s": round(max(validate), 4),
-        "python_startup_median_s": round(statistics.median(baseline), 4),
-        "target_s": 0.35,
-        "meets_target": statistics.median(validate) < 0.35,
-        "torch_imported": torch_imported == "True",
-        "torch_installed": importlib.util.find_spec("torch") is not None,
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "stackwise validate, one file, fresh process",
+                "config": str(Path(args.config)),
+                "runs": args.runs,
+                "median_s": round(statistics.median(validate), 4),
+                "min_s": round(min(validate), 4),
+                "max_s": round(max(validate), 4),
+                "python_startup_median_s": round(statistics.median(baseline), 4),
+                "target_s": 0.35,
+                "meets_target": statistics.median(validate) < 0.35,
+                "torch_imported": torch_imported == "True",
+                "torch_installed": importlib.util.find_spec("torch") is not None,
+                "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+                "python": platform.python_version(),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

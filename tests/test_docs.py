@@ -18,6 +18,15 @@ def test_schema_file_is_current() -> None:
     )
 
 
+def test_other_schema_files_are_current() -> None:
+    for kind in ("data_mixes", "model", "training", "data", "distributed", "distillation"):
+        path = ROOT / "docs" / "schemas" / f"{kind}.schema.json"
+        assert path.read_text(encoding="utf-8") == json_schema_text(kind), (
+            f"run `stackwise schema --kind {kind} -o {path}`"
+        )
+        jsonschema.Draft7Validator.check_schema(json.loads(path.read_text(encoding="utf-8")))
+
+
 def test_reference_is_current() -> None:
     assert (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8") == markdown_reference(), (
         "run `stackwise schema --format markdown -o docs/config-reference.md`"

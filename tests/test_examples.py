@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
 from stackwise.cli import app
 from stackwise.config import load_config
+from stackwise.config.yamlio import load_yaml_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -79,8 +82,29 @@ def test_example_points_editors_at_the_schema(path: Path) -> None:
     assert lines[0].startswith(SCHEMA_COMMENT), f"first line must be `{SCHEMA_COMMENT}<relative path>`"
     relative = lines[0].removeprefix(SCHEMA_COMMENT).strip()
     assert relative and not Path(relative).is_absolute() and "\\" not in relative
-    assert Path(os.path.normpath(path.parent / relative)) == SCHEMA
+    assert Path(os.path.normpath(path.parent / relative)) == _schema_for(path)
     assert lines[1].startswith("# "), "the second line says which guide section the example reproduces"
+
+
+def _schema_for(path: Path) -> Path:
+    """The schema an editor should use: data-mix files and flat group files have their own."""
+    if load_config(path).kind == "data_mixes":
+        return ROOT / "docs" / "schemas" / "data_mixes.schema.json"
+    if path.parent.name in ("model", "training", "data", "distributed", "distillation"):
+        return ROOT / "docs" / "schemas" / f"{path.parent.name}.schema.json"
+    return SCHEMA
+
+
+@pytest.mark.parametrize("path", FILES, ids=IDS)
+def test_example_is_valid_for_its_editor_schema(path: Path) -> None:
+    # What stackwise accepts, the editor must not flag. Editors read YAML 1.2 (`1e-4` is a number), as stackwise does.
+    schema = json.loads(_schema_for(path).read_text(encoding="utf-8"))
+    data = load_yaml_file(path).data or {}
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(data)
+    ]
+    assert not errors, errors
 
 
 def test_cli_validates_the_examples_folder() -> None:

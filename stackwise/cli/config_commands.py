@@ -51,15 +51,24 @@ def split_targets(targets: list[str]) -> tuple[list[Path], list[str], list[str]]
             paths.extend(_yaml_files(path))
         elif path.exists():
             paths.append(path)
+        elif "=" in target:  # before globs: `training.betas=[0.9,0.95]` is an override, not a pattern
+            overrides.append(target)
         elif GLOB_CHARS & set(target):
             matches = [Path(m) for m in sorted(glob.glob(target, recursive=True))]
             files = [m for m in matches if m.is_file()] + [f for m in matches if m.is_dir() for f in _yaml_files(m)]
             paths.extend(files) if files else missing.append(target)
-        elif "=" in target:
-            overrides.append(target)
         else:
             missing.append(target)
     return paths, overrides, missing
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    """Malformed `key=value` arguments are usage errors (exit 2), like an unknown option."""
+    for arg in overrides:
+        key, _, value = arg.partition("=")
+        if not key or " " in key or any(not part for part in key.split(".")) or ("." not in key and not value):
+            typer.echo(f"stackwise: bad override `{arg}`: expected key.path=value or group=option", err=True)
+            raise typer.Exit(2)
 
 
 def _load(path: Path, overrides: list[str], config_dirs: list[Path]) -> tuple[LoadResult, bool]:
@@ -89,8 +98,7 @@ def _print_text(results: list[LoadResult], strict: bool) -> None:
         console.print(f"[bold {style}]{label}[/] {escape(result.file)}{kind}: {counts}")
         for issue in result.issues:
             colour = "red" if issue.severity == "error" else "yellow"
-            written = f" (written as `{issue.key}`)" if issue.key and issue.key != issue.path else ""
-            target = f"[bold]{escape(issue.path)}[/]{escape(written)}: " if issue.path else ""
+            target = f"[bold]{escape(issue.target())}[/]: " if issue.path else ""
             console.print(f"  {escape(issue.where())}: [{colour}]{issue.severity}[/]: {target}{escape(issue.message)}")
     bad = sum(1 for r in results if not r.valid or (strict and r.warnings))
     console.print(f"{len(results)} file(s) checked, {bad} invalid")
@@ -130,13 +138,18 @@ def _print_github(results: list[LoadResult]) -> None:
 
 
 def validate(
-    targets: list[str] = typer.Argument(..., metavar="PATH... [KEY=VALUE...]", help="Config files, folders or globs, then overrides."),
+    targets: list[str] = typer.Argument(
+        ..., metavar="PATH... [KEY=VALUE...]", help="Config files, folders or globs, then overrides."
+    ),
     fmt: Format = typer.Option(Format.text, "--format", "-f", help="text, json, or github (workflow annotations)."),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as failures."),
-    config_dir: list[Path] = typer.Option([], "--config-dir", "-C", help="Extra folder of config groups (model/, training/, ...)."),
+    config_dir: list[Path] = typer.Option(
+        [], "--config-dir", "-C", help="Extra folder of config groups (model/, training/, ...)."
+    ),
 ) -> None:
     """Validate config files without importing torch; exit 1 when any is invalid."""
     paths, overrides, missing = split_targets(targets)
+    _check_overrides(overrides)
     results = []
     unreadable = False
     for target in missing:
@@ -149,8 +162,11 @@ def validate(
     if not results:
         typer.echo("stackwise validate: no config files given", err=True)
         raise typer.Exit(2)
-    {Format.text: lambda: _print_text(results, strict), Format.json: lambda: _print_json(results, strict),
-     Format.github: lambda: _print_github(results)}[fmt]()
+    {
+        Format.text: lambda: _print_text(results, strict),
+        Format.json: lambda: _print_json(results, strict),
+        Format.github: lambda: _print_github(results),
+    }[fmt]()
     if unreadable:
         raise typer.Exit(2)
     if any(not r.valid or (strict and r.warnings) for r in results):
@@ -161,10 +177,13 @@ def _load_one(path: Path, overrides: list[str], config_dirs: list[Path]) -> Load
     if not path.is_file():
         typer.echo(f"stackwise: {path}: no such file", err=True)
         raise typer.Exit(2)
+    _check_overrides(overrides)
     result, readable = _load(path, overrides, config_dirs)
     if not readable or not result.valid or result.config is None:
         if result.config is None and result.valid:
-            result.issues.append(Issue("", f"a {result.kind.replace('_', ' ')} file, not a stackwise config", file=result.file))
+            result.issues.append(
+                Issue("", f"a {result.kind.replace('_', ' ')} file, not a stackwise config", file=result.file)
+            )
         for issue in result.issues:
             typer.echo(str(issue), err=True)
         raise typer.Exit(2 if not readable else 1)
@@ -197,13 +216,24 @@ def migrate(
 
 
 def schema(
-    fmt: SchemaFormat = typer.Option(SchemaFormat.json, "--format", "-f", help="json (JSON Schema, draft-07) or markdown."),
+    fmt: SchemaFormat = typer.Option(
+        SchemaFormat.json, "--format", "-f", help="json (JSON Schema, draft-07) or markdown."
+    ),
+    kind: str = typer.Option(
+        "config",
+        "--kind",
+        "-k",
+        help="config, data_mixes, or a group: model, training, data, distributed, distillation.",
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Print the JSON Schema (for editors' YAML language servers) or the Markdown reference."""
-    from ..config.export import json_schema_text, markdown_reference
+    from ..config.export import SCHEMA_KINDS, json_schema_text, markdown_reference
 
-    text = json_schema_text() if fmt is SchemaFormat.json else markdown_reference()
+    if kind not in SCHEMA_KINDS:
+        typer.echo(f"stackwise schema: unknown --kind {kind}; choose from {', '.join(SCHEMA_KINDS)}", err=True)
+        raise typer.Exit(2)
+    text = json_schema_text(kind) if fmt is SchemaFormat.json else markdown_reference()
     if output is None:
         sys.stdout.write(text)
     else:

@@ -1,7 +1,7 @@
 """stackwise's typed config: pure pydantic v2, importable without torch.
 
-    from stackwise.config import StackwiseConfig, load_config
-    cfg = StackwiseConfig.from_yaml("config.yaml", overrides=["training.lr=1e-3"])
+from stackwise.config import StackwiseConfig, load_config
+cfg = StackwiseConfig.from_yaml("config.yaml", overrides=["training.lr=1e-3"])
 """
 
 from .errors import ConfigError, Issue, Location

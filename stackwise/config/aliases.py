@@ -8,6 +8,7 @@ Canonical names are Stack-Wise's (guide 000). Other layouts are aliases:
 
 Giving one setting twice under two names is an error when the values differ. `canonicalize` also returns,
 for every canonical path, where in the document it was written, so errors point at the user's own key.
+Half of this file is the alias tables, which are data; the mapping code is the other half.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ class _Builder:
         self.issues: list[Issue] = []
         self.sections: dict[Path_, Path_] = {}  # canonical section -> where the document opened it
 
-    def add(self, target: Path_, value: Any, source: Path_) -> None:
+    def _add(self, target: Path_, value: Any, source: Path_) -> None:
         if isinstance(value, Weak):
             self.entries.append(_Entry(target, value.value, source, weak=True))
         else:
@@ -272,6 +273,13 @@ class _Builder:
                 return
         self.add(alias.target, value, source)
 
+    def add(self, target: Path_, value: Any, source: Path_) -> None:
+        if target == ("model", "mla") and isinstance(value, dict) and "rope_theta" in value:
+            # 001 documents `mla_config.rope_theta`; stackwise has one RoPE base, model.rope_theta.
+            value = dict(value)
+            self._add(("model", "rope_theta"), value.pop("rope_theta"), (*source, "rope_theta"))
+        self._add(target, value, source)
+
     def unknown(self, section: str, key: str, source: Path_) -> None:
         candidates = [*section_fields(section), *KEY_ALIASES[section]]
         guess = did_you_mean(key, candidates)
@@ -286,7 +294,7 @@ class _Builder:
         ordered = [e for e in self.entries if not e.weak] + [e for e in self.entries if e.weak]
         for entry in ordered:
             self._assign(tree, entry.target, entry.value, entry, owners)
-        origins = {path: (entry.source + path[len(entry.target):]) for path, entry in owners.items()}
+        origins = {path: (entry.source + path[len(entry.target) :]) for path, entry in owners.items()}
         for section, source in self.sections.items():
             origins.setdefault(section, source)
         return tree, origins
@@ -338,7 +346,8 @@ def canonicalize(doc: Doc, group: str | None = None) -> tuple[dict[str, Any], di
     if group is not None:
         builder.sections[(group,)] = ()
         for key, value in data.items():
-            builder.route(group, key, value, (key,), flat=True)
+            if key != "model_size":  # composed by the loader
+                builder.route(group, key, value, (key,), flat=True)
     else:
         _nested(builder, data)
     tree, origins = builder.build()
@@ -348,7 +357,7 @@ def canonicalize(doc: Doc, group: str | None = None) -> tuple[dict[str, Any], di
 def _nested(builder: _Builder, data: dict[Any, Any]) -> None:
     for key, value in data.items():
         key = str(key)
-        if key == "defaults":
+        if key in ("defaults", "model_size"):
             continue  # composed by the loader
         target = (key,) if key in SECTIONS else SECTION_ALIASES.get(key)
         if target is None:
@@ -413,16 +422,18 @@ def model_at(path: Path_) -> type[BaseModel] | None:
     """The pydantic model class that validates the mapping at canonical `path` (for did-you-mean on nested keys)."""
     import typing
 
+    from .fields import section_type
+
     cls: Any = StackwiseConfig
     for part in path:
-        if isinstance(part, int) or cls is None:
+        if isinstance(part, int):
             continue
-        info = cls.model_fields.get(part)
+        info = cls.model_fields.get(part) if cls is not None else None
         if info is None:
             return None
-        cls = None
-        for candidate in (info.annotation, *typing.get_args(info.annotation)):
-            for arg in (candidate, *typing.get_args(candidate)):
-                if isinstance(arg, type) and issubclass(arg, BaseModel):
-                    cls = arg
+        cls = section_type(info.annotation)
+        if cls is None:  # a list or dict of sections (`datasets`, `qlora_configs`): the item's class
+            for arg in typing.get_args(info.annotation):
+                inner = [a for a in typing.get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)]
+                cls = inner[0] if inner else cls
     return cls

@@ -54,9 +54,13 @@ class Issue:
                 parts.append(str(self.column))
         return ":".join(parts)
 
-    def __str__(self) -> str:
+    def target(self) -> str:
+        """The dotted path, and the key as the user wrote it when that differs."""
         written = f" (written as `{self.key}`)" if self.key and self.key != self.path else ""
-        target = f"{self.path}{written}: " if self.path else ""
+        return f"{self.path}{written}"
+
+    def __str__(self) -> str:
+        target = f"{self.target()}: " if self.path else ""
         return f"{self.where()}: {self.severity}: {target}{self.message}"
 
     def to_json(self) -> dict[str, object]:

@@ -42,7 +42,7 @@ def _definition_name(section: str) -> str:
 
 def _synonyms_by_definition() -> dict[str, dict[str, tuple[str, ...]]]:
     """{definition: {field: accepted other spellings}} from the schema's `synonyms(...)` validators."""
-    from .support import _section_type
+    from .fields import section_type
 
     out: dict[str, dict[str, tuple[str, ...]]] = {}
     seen: set[str] = set()
@@ -56,7 +56,7 @@ def _synonyms_by_definition() -> dict[str, dict[str, tuple[str, ...]]]:
                 extra = getattr(getattr(meta, "func", None), "synonyms", None)
                 if extra:
                     out.setdefault(model.__name__, {})[name] = extra
-            section = _section_type(info.annotation)
+            section = section_type(info.annotation)
             if section is not None:
                 walk(section)
         if model.__name__ == "DataConfig":
@@ -69,9 +69,12 @@ def _synonyms_by_definition() -> dict[str, dict[str, tuple[str, ...]]]:
 
 
 def _add_to_enum(prop: dict[str, Any], values: tuple[str, ...]) -> None:
+    """Add a field's synonyms, and upper-case spellings (the loader ignores case), to its enum."""
     for node in [prop, *prop.get("anyOf", [])]:
         if "enum" in node:
-            node["enum"] = [*node["enum"], *(v for v in values if v not in node["enum"])]
+            words = [*node["enum"], *values]
+            extra = [*values, *(w.upper() for w in words if isinstance(w, str))]
+            node["enum"] = [*node["enum"], *dict.fromkeys(v for v in extra if v not in node["enum"])]
 
 
 def json_schema() -> dict[str, Any]:
@@ -109,8 +112,38 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "http://json-schema.org/draft-07/schema#", **schema}
 
 
-def json_schema_text() -> str:
-    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+def group_schema(group: str) -> dict[str, Any]:
+    """Schema of a flat config-group file (`model/tiny.yaml`): one section's keys at the top level.
+
+    Flat files may also carry keys of another section (002's training files name their data files), which
+    the loader routes by name; those are listed too.
+    """
+    from .aliases import GLOBAL_KEYS
+
+    full = json_schema()
+    root = json.loads(json.dumps(full["definitions"][_definition_name(group)]))
+    for key, targets in sorted(GLOBAL_KEYS.items()):
+        if key not in root["properties"] and len(targets) == 1:
+            root["properties"][key] = {"description": f"Setting of `{dotted(next(iter(targets)))}`."}
+    if group == "model":
+        root["properties"]["model_size"] = {"description": "Guide 002: selects the model preset of this name."}
+    return {"$schema": full["$schema"], **root, "definitions": full["definitions"]}
+
+
+def data_mixes_schema() -> dict[str, Any]:
+    """Schema of a `datasets.yaml` file of named data mixes (guide 001)."""
+    from .sections import DataMixesFile
+
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **_draft07(DataMixesFile.model_json_schema())}
+
+
+SCHEMA_KINDS = ("config", "data_mixes", "model", "training", "data", "distributed", "distillation")
+
+
+def json_schema_text(kind: str = "config") -> str:
+    """JSON text of the schema of a full config (`config`), a data-mix file, or a flat group file."""
+    schema = {"config": json_schema, "data_mixes": data_mixes_schema}.get(kind, lambda: group_schema(kind))()
+    return json.dumps(schema, indent=2, sort_keys=False) + "\n"
 
 
 # -- Markdown reference ------------------------------------------------------------------------------------
@@ -154,14 +187,14 @@ def _cell(text: Any) -> str:
 
 def _prefixes() -> dict[str, str]:
     """Definition name -> dotted path of the (first) field that uses it."""
-    from .support import _section_type
+    from .fields import section_type
 
     out: dict[str, str] = {}
 
     def walk(model: Any, prefix: str) -> None:
         out.setdefault(model.__name__, prefix)
         for name, info in model.model_fields.items():
-            section = _section_type(info.annotation)
+            section = section_type(info.annotation)
             if section is not None:
                 walk(section, f"{prefix}{name}.")
             elif name == "datasets":
@@ -224,9 +257,15 @@ def markdown_reference() -> str:
                 f"| `{key}` | {_cell(_type_name(prop))} | `{_cell(default)}` | {_cell(_constraints(prop))} "
                 f"| {_read_by(prefixes.get(name, '') + key) if name in prefixes else ''} | {_cell(desc)} |"
             )
-        aliases = [(k, p["description"]) for k, p in definition.get("properties", {}).items()
-                   if p.get("description", "").startswith("Alias of")]
+        aliases = [
+            (k, p["description"])
+            for k, p in definition.get("properties", {}).items()
+            if p.get("description", "").startswith("Alias of")
+        ]
         if aliases:
-            lines += ["", "Aliases: " + "; ".join(f"`{k}` ({d[len('Alias of '):].rstrip('.')})" for k, d in aliases) + "."]
+            lines += [
+                "",
+                "Aliases: " + "; ".join(f"`{k}` ({d[len('Alias of ') :].rstrip('.')})" for k, d in aliases) + ".",
+            ]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -16,7 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 class Section(BaseModel):
     """A frozen, strict config section: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # coerce_numbers_to_str: `run_id: ${env:SLURM_JOB_ID}` gives a number, but run_id is a name.
+    # allow_inf_nan=False: `.inf` is a YAML float, never a sensible setting.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True, allow_inf_nan=False
+    )
 
 
 def field(
@@ -81,3 +85,13 @@ PRECISION_SYNONYMS = {
     "16": "fp16",
     "bfloat16": "bf16",
 }
+
+
+def section_type(annotation: Any) -> type[BaseModel] | None:
+    """The sub-section class of a field typed `Section` or `Section | None` (not inside a list or dict)."""
+    import typing
+
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

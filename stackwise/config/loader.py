@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from .aliases import GROUPS, SECTION_ALIASES, canonicalize, infer_group, model_at
-from .errors import ConfigError, Issue, Location, did_you_mean, dotted
-from .schema import SECTIONS, SKIP_RULES, StackwiseConfig
-from .yamlio import Doc, load_yaml_file, parse_scalar
+from .aliases import GROUPS, SECTION_ALIASES, canonicalize, infer_group
+from .errors import ConfigError, Issue, Location, did_you_mean
+from .schema import SECTIONS, StackwiseConfig
+from .validation import dedupe, validate_tree
+from .yamlio import Doc, interpolate, load_yaml_file, parse_scalar
 
 Path_ = tuple[Any, ...]
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -78,8 +77,6 @@ class _Composer:
         self.issues.extend(doc.issues)
         tree, locs, issues = canonicalize(doc, group)
         self.issues.extend(issues)
-        if group is not None and group not in SECTIONS:
-            return
         self.layers.append(_Layer(tree, locs))
 
     def options(self, group: str) -> list[str]:
@@ -114,7 +111,9 @@ class _Composer:
             guess = did_you_mean(str(option), available)
             hint = f"; did you mean `{guess}`?" if guess else ""
             self.issues.append(
-                Issue(group, f"no `{group}` option `{option}`{hint} (available: {', '.join(available) or 'none'})").at(where)
+                Issue(group, f"no `{group}` option `{option}`{hint} (available: {', '.join(available) or 'none'})").at(
+                    where
+                )
             )
             return
         try:
@@ -199,17 +198,24 @@ def _defaults_list(doc: Doc, composer: _Composer) -> tuple[list[tuple[str, Any, 
                 target = group.removeprefix("override ").strip()
                 if target.startswith("hydra/"):
                     composer.issues.append(
-                        Issue("defaults", f"`{group}` configures Hydra itself, which stackwise does not use; remove this entry").at(loc)
+                        Issue(
+                            "defaults",
+                            f"`{group}` configures Hydra itself, which stackwise does not use; remove this entry",
+                        ).at(loc)
                     )
                     continue
                 group = target
             entries.append((group, option, loc))
         else:
-            composer.issues.append(Issue("defaults", f"defaults entry {item!r} must be `_self_` or `group: option`").at(loc))
+            composer.issues.append(
+                Issue("defaults", f"defaults entry {item!r} must be `_self_` or `group: option`").at(loc)
+            )
     return entries, len(entries) if self_at is None else self_at
 
 
-def _split_overrides(overrides: Sequence[str], composer: _Composer) -> tuple[dict[str, tuple[str, Location]], list[tuple[str, Any, Location]]]:
+def _split_overrides(
+    overrides: Sequence[str], composer: _Composer
+) -> tuple[dict[str, tuple[str, Location]], list[tuple[str, Any, Location]]]:
     groups: dict[str, tuple[str, Location]] = {}
     values: list[tuple[str, Any, Location]] = []
     for arg in overrides:
@@ -217,7 +223,14 @@ def _split_overrides(overrides: Sequence[str], composer: _Composer) -> tuple[dic
         key, eq, raw = arg.partition("=")
         key = key.strip()
         if not eq or not key or " " in key:
-            composer.issues.append(Issue("", f"override `{arg}` must look like `key.path=value` or `group=option`").at(loc))
+            composer.issues.append(
+                Issue("", f"override `{arg}` must look like `key.path=value` or `group=option`").at(loc)
+            )
+            continue
+        try:
+            raw = str(interpolate(raw)) if "${" in raw else raw
+        except ValueError as exc:
+            composer.issues.append(Issue(key, str(exc)).at(loc))
             continue
         if "." not in key and key in GROUPS and key not in SECTION_ALIASES:
             groups[key] = (raw.strip(), loc)
@@ -247,24 +260,48 @@ def load_config(
     return _compose(doc, overrides, _search_dirs(file.resolve(), config_dirs), file.resolve().parent.name)
 
 
-def load_mapping(data: Mapping[str, Any], overrides: Sequence[str] = (), *, config_dirs: Sequence[str | Path] = ()) -> LoadResult:
-    """Validate an in-memory mapping in any supported layout, as if it were a YAML file."""
+def load_mapping(
+    data: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
+    config_dirs: Sequence[str | Path] = (),
+) -> LoadResult:
+    """Validate an in-memory mapping in any supported layout, as if it were a YAML file.
+
+    `overrides` are command-line style strings; `values` are `{"dotted.key": value}` applied last, as given
+    (not parsed as YAML).
+    """
     doc = Doc("<dict>", copy.deepcopy(dict(data)), {(): Location("<dict>")})
-    return _compose(doc, overrides, _search_dirs(None, config_dirs), None)
+    extra = [(key, value, Location("<updated>", None, None, key)) for key, value in (values or {}).items()]
+    return _compose(doc, overrides, _search_dirs(None, config_dirs), None, extra)
 
 
-def _compose(doc: Doc, overrides: Sequence[str], search_dirs: list[Path], folder: str | None) -> LoadResult:
+def _compose(
+    doc: Doc,
+    overrides: Sequence[str],
+    search_dirs: list[Path],
+    folder: str | None,
+    values: Sequence[tuple[str, Any, Location]] = (),
+) -> LoadResult:
     composer = _Composer(search_dirs)
     data = doc.data if doc.data is not None else {}
     if doc.data is None and not doc.issues:
-        composer.issues.append(Issue("", "the file is empty; every setting takes its default", "warning").at(doc.loc(())))
-    structural = [str(k) in SECTIONS or str(k) in SECTION_ALIASES or k == "defaults" for k in data] if isinstance(data, dict) else []
+        composer.issues.append(
+            Issue("", "the file is empty; every setting takes its default", "warning").at(doc.loc(()))
+        )
+    structural = (
+        [str(k) in SECTIONS or str(k) in SECTION_ALIASES or k == "defaults" for k in data]
+        if isinstance(data, dict)
+        else []
+    )
     # A file in a group folder (`training/stage3.yaml`) is flat even when it has a key named like a section
     # (004's training files have `logging:`), unless every key is structural.
-    nested = not isinstance(data, dict) or not data or (
-        any(structural) and (folder not in GROUPS or all(structural))
-    )
+    nested = not isinstance(data, dict) or not data or (any(structural) and (folder not in GROUPS or all(structural)))
     cli_groups, cli_values = _split_overrides(overrides, composer)
+    size = data.get("model_size") if isinstance(data, dict) else None
+    if size is not None and "model" not in cli_groups:  # 002's `model_size: large` picks a model preset
+        cli_groups["model"] = (str(size), doc.loc(("model_size",)))
     if nested:
         entries, self_at = _defaults_list(doc, composer)
         chosen = {group for group, _, _ in entries}
@@ -281,166 +318,17 @@ def _compose(doc: Doc, overrides: Sequence[str], search_dirs: list[Path], folder
             else:
                 composer.add_group(*item)
     else:
-        group = infer_group([str(k) for k in data], folder)
-        if group is None:
-            composer.issues.extend(doc.issues)
-            composer.issues.append(
-                Issue("", "cannot tell which section this file configures; put its keys under "
-                      + " / ".join(f"`{s}:`" for s in SECTIONS)).at(doc.loc(()))
-            )
-        else:
-            composer.add_doc(doc, group)
+        group = infer_group([str(k) for k in data if k != "model_size"], folder)
+        # When no section fits, read it as a full config: each key is then reported as an unknown
+        # top-level key, with "did you mean `model`" or "belongs under `training.`".
+        composer.add_doc(doc, group)
         for group_name, (option, loc) in cli_groups.items():
             composer.add_group(group_name, option, loc)
-    for key, value, loc in cli_values:
+    for key, value, loc in [*cli_values, *values]:
         composer.add_doc(_override_doc(key, value, loc))
     tree, locs = composer.merged()
     config, issues = validate_tree(tree, locs)
-    all_issues = _dedupe([*composer.issues, *issues])
+    all_issues = dedupe([*composer.issues, *issues])
     all_issues.sort(key=lambda i: (i.severity != "error", i.file != doc.file, i.file or "", i.line or 0, i.column or 0))
     ok = not any(i.severity == "error" for i in all_issues)
     return LoadResult(doc.file, config if ok else None, all_issues)
-
-
-def _dedupe(issues: list[Issue]) -> list[Issue]:
-    seen: set[tuple] = set()
-    out = []
-    for issue in issues:
-        key = (issue.path, issue.message, issue.file, issue.line)
-        if key not in seen:
-            seen.add(key)
-            out.append(issue)
-    return out
-
-
-def _locate(path: Path_, locs: dict[Path_, Location]) -> Location | None:
-    """Where `path` was written; for a path set only through its children (an alias), the first child."""
-    if path and path not in locs:
-        children = [loc for p, loc in locs.items() if p[: len(path)] == path and loc.line is not None]
-        if children:
-            return min(children, key=lambda loc: (loc.file or "", loc.line or 0))
-    for end in range(len(path), 0, -1):
-        if path[:end] in locs:
-            return locs[path[:end]]
-    return None
-
-
-def validate_tree(tree: dict[str, Any], locs: dict[Path_, Location]) -> tuple[StackwiseConfig | None, list[Issue]]:
-    """Validate a canonical tree; report every field error, then every rule whose fields are valid."""
-    from .rules import run_rules
-
-    issues: list[Issue] = []
-    data = copy.deepcopy(tree)
-    removed: list[Path_] = []
-    config: StackwiseConfig | None = None
-    for _ in range(6):
-        try:
-            config = StackwiseConfig.model_validate(data, context={SKIP_RULES: True})
-            break
-        except ValidationError as exc:
-            for err in exc.errors():
-                path, issue = _convert(err, data)
-                issues.append(issue.at(_locate(path, locs)))
-                target = _removal_target(data, path)
-                _remove(data, target)
-                removed.append(target)
-    if config is not None:
-        for issue in run_rules(config, removed=removed):
-            loc = _locate(_parse_dotted(issue.path), locs)
-            if issue.code == "typical_ranges" and loc is not None and (loc.file or "").startswith("<built-in preset"):
-                continue  # the built-in presets are the guides' own sizes; do not warn about them
-            issues.append(issue.at(loc))
-    return config, issues
-
-
-def _data_path(loc: tuple, data: Any) -> Path_:
-    """The prefix of a pydantic error location that exists in the data (drops union/key tags)."""
-    path: list[Any] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and part.isdigit() and int(part) in node:
-            part = int(part)
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif isinstance(part, str) and (part.startswith("[") or part in ("function-after", "function-before")):
-            continue
-        else:
-            path.append(part)
-            break
-        path.append(part)
-    return tuple(path)
-
-
-def _convert(err: Mapping[str, Any], data: Any) -> tuple[Path_, Issue]:
-    path = _data_path(tuple(err["loc"]), data)
-    kind = err["type"]
-    value = err.get("input")
-    name = dotted(path)
-    if kind == "extra_forbidden":
-        key = str(path[-1])
-        cls = model_at(path[:-1])
-        fields = list(cls.model_fields) if cls else []
-        guess = did_you_mean(key, fields)
-        hint = f"; did you mean `{guess}`?" if guess else (f" (allowed: {', '.join(fields)})" if fields else "")
-        return path, Issue(name, f"unknown key `{key}` in `{dotted(path[:-1])}`{hint}")
-    message = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-    message = message.replace("a valid tuple", "a list").replace("a valid dictionary", "a mapping")
-    if kind == "missing":
-        return path, Issue(name, "this setting is required")
-    if isinstance(value, dict) and kind not in ("value_error", "assertion_error"):
-        keys = ", ".join(map(str, list(value)[:6]))
-        return path, Issue(name, f"expected a single value, but a mapping was given (keys: {keys})")
-    if kind == "literal_error":
-        expected = str(err.get("ctx", {}).get("expected", ""))
-        options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",") if o.strip()]
-        guess = did_you_mean(str(value), options) if isinstance(value, str) else None
-        hint = f"; did you mean `{guess}`?" if guess else ""
-        return path, Issue(name, f"{value!r} is not allowed; expected one of: {', '.join(options)}{hint}")
-    if "[key]" in tuple(err["loc"]):
-        return path, Issue(name, f"key {value!r}: {message}")
-    if value is not None and not isinstance(value, (dict, list)) and kind != "value_error":
-        message = f"{message} (got {value!r})"
-    return path, Issue(name, message)
-
-
-def _removal_target(data: Any, path: Path_) -> Path_:
-    """What to drop so the rest can be validated: a bad list item takes its whole list (its default comes back)."""
-    node = data
-    for i, part in enumerate(path):
-        if isinstance(node, list):
-            return path[:i]
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            break
-    return path
-
-
-def _remove(data: Any, path: Path_) -> None:
-    if not path:
-        data.clear()
-        return
-    node = data
-    for part in path[:-1]:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return
-    if isinstance(node, dict):
-        node.pop(path[-1], None)
-    elif isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node):
-        node.pop(path[-1])
-
-
-def _parse_dotted(text: str) -> Path_:
-    out: list[Any] = []
-    for chunk in text.split("."):
-        name, _, rest = chunk.partition("[")
-        if name:
-            out.append(name)
-        for idx in rest.replace("]", "").split("[") if rest else []:
-            out.append(int(idx) if idx.lstrip("-").isdigit() else idx)
-    return tuple(out)

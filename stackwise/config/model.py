@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from pydantic import Field
+
 from .fields import Section, field, synonyms
 
 KernelChoice = Literal["auto", "torch", "triton"]
@@ -28,7 +30,7 @@ class PEERConfig(Section):
     num_experts_per_tok: int = field(16, "Experts activated per token and retrieval head.", ge=1)
     num_heads: int = field(8, "Number of expert retrieval heads.", ge=1)
     expert_hidden_size: int = field(1, "Hidden size of each expert MLP (1 = single-neuron experts).", ge=1)
-    product_key_dim: tuple[int, ...] = field(
+    product_key_dim: tuple[Annotated[int, Field(ge=1)], ...] = field(
         (1024, 1024), "Sub-key counts of the product-key retrieval; their product is num_experts.", min_length=1
     )
     query_dim: int = field(256, "Dimension of the retrieval query; divisible by the number of sub-keys.", ge=1)
@@ -100,10 +102,16 @@ class ModelConfig(Section):
         field("rmsnorm", "Normalisation layer (pre-norm).")
     )
     norm_eps: float = field(1e-5, "Epsilon of the normalisation layers.", gt=0)
-    dropout: float = field(0.0, "Dropout on residual branches and embeddings.", ge=0, lt=1, typical=(0.0, 0.5), guide="002")
+    dropout: float = field(
+        0.0, "Dropout on residual branches and embeddings.", ge=0, lt=1, typical=(0.0, 0.5), guide="002"
+    )
     attention_dropout: float = field(0.0, "Dropout on attention probabilities.", ge=0, lt=1)
     max_seq_len: int = field(
-        2048, "Longest sequence the model accepts (RoPE cache / learned positions).", ge=1, typical=(512, 32768), guide="002"
+        2048,
+        "Longest sequence the model accepts (RoPE cache / learned positions).",
+        ge=1,
+        typical=(512, 32768),
+        guide="002",
     )
     use_rope: bool = field(True, "Rotary position embeddings on queries and keys; false = learned absolute positions.")
     rope_theta: float = field(10000.0, "RoPE base frequency.", gt=0)
@@ -118,7 +126,9 @@ class ModelConfig(Section):
     kernel_type: Literal["elu", "relu", "gaussian"] = field(
         "elu", "Feature map of kernel attention: elu+1, relu, or gaussian random features (softmax kernel)."
     )
-    kernel_dim: int | None = field(None, "Random-feature dimension for kernel_type gaussian; null = head dimension.", ge=1)
+    kernel_dim: int | None = field(
+        None, "Random-feature dimension for kernel_type gaussian; null = head dimension.", ge=1
+    )
     attention_kernel: KernelChoice = field("auto", "Attention implementation: auto, torch (reference) or triton.")
     mla: MLAConfig = field(factory=MLAConfig, description="Multi-head latent attention settings (attention_type: mla).")
     use_peer: bool = field(False, "Replace the MLP of layers from peer_start_layer on with PEER expert layers.")

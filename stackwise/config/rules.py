@@ -3,10 +3,14 @@ field has an error, and is skipped (not misreported) when one of its own fields 
 
 Errors are configs that cannot train correctly; warnings are legal but suspicious (a value outside a
 guide's typical range, an option that only applies to another mode).
+
+This file is longer than most on purpose: ARCHITECTURE.md asks that rules reading several fields live in
+one place, and each rule here is a short, independent function.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -63,10 +67,25 @@ def is_set(cfg: StackwiseConfig, path: str) -> bool:
     return isinstance(node, BaseModel) and parts[-1] in node.model_fields_set
 
 
+def is_given(cfg: StackwiseConfig, path: str) -> bool:
+    """Whether the user gave `path` a value other than its default (an explicit default changes nothing)."""
+    if not is_set(cfg, path):
+        return False
+    *parents, name = path.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part)
+    info = type(node).model_fields[name]
+    default = info.get_default(call_default_factory=True)
+    return getattr(node, name) != default
+
+
 def set_fields(model: BaseModel, prefix: str) -> list[str]:
-    """Dotted paths of every field the user gave below `model`."""
+    """Dotted paths of every field the user gave below `model`, in schema order."""
     out = []
-    for name in model.model_fields_set:
+    for name in type(model).model_fields:
+        if name not in model.model_fields_set:
+            continue
         value = getattr(model, name)
         path = f"{prefix}.{name}"
         out.extend(set_fields(value, path) if isinstance(value, BaseModel) else [path])
@@ -113,73 +132,120 @@ def kv_heads_divide_heads(cfg: StackwiseConfig) -> Iterable[Issue]:
     if m.attention_type == "gqa" and (m.n_kv_heads is None or m.n_kv_heads == m.n_heads):
         yield error("model.n_kv_heads", "attention_type gqa needs n_kv_heads smaller than n_heads")
     if m.attention_type == "mla" and m.n_kv_heads is not None:
-        yield warning("model.n_kv_heads", "n_kv_heads is not used by mla attention (keys and values come from the latent)")
+        yield warning(
+            "model.n_kv_heads", "n_kv_heads is not used by mla attention (keys and values come from the latent)"
+        )
 
 
-@rule("model.use_rope", "model.d_model", "model.n_heads", "model.head_dim", "model.attention_type", "model.mla.qk_rope_head_dim")
+@rule(
+    "model.use_rope",
+    "model.d_model",
+    "model.n_heads",
+    "model.head_dim",
+    "model.attention_type",
+    "model.mla.qk_rope_head_dim",
+)
 def rope_needs_even_dims(cfg: StackwiseConfig) -> Iterable[Issue]:
     m = cfg.model
     if m.attention_type == "mla":
         if m.mla.qk_rope_head_dim % 2:
-            yield error("model.mla.qk_rope_head_dim", f"qk_rope_head_dim ({m.mla.qk_rope_head_dim}) must be even: RoPE rotates pairs of dimensions")
+            yield error(
+                "model.mla.qk_rope_head_dim",
+                f"qk_rope_head_dim ({m.mla.qk_rope_head_dim}) must be even: RoPE rotates pairs of dimensions",
+            )
     elif m.head_dim is None and m.d_model % m.n_heads:
         return  # reported by heads_divide_width; there is no whole head dimension to check
     elif m.use_rope and m.resolved_head_dim % 2:
         where = "model.head_dim" if m.head_dim is not None else "model.n_heads"
         where = "model.use_rope" if is_set(cfg, "model.use_rope") else where
         source = "head_dim" if m.head_dim is not None else "d_model / n_heads"
-        yield error(where, f"RoPE needs an even head dimension: RoPE rotates pairs of dimensions, but {source} = {m.resolved_head_dim}")
+        yield error(
+            where,
+            f"RoPE needs an even head dimension: RoPE rotates pairs of dimensions, but {source} = {m.resolved_head_dim}",
+        )
 
 
 @rule("model.attention_type", "model.mla", "model.kernel_type", "model.kernel_dim")
 def attention_options_apply(cfg: StackwiseConfig) -> Iterable[Issue]:
     m = cfg.model
-    if is_set(cfg, "model.mla") and m.attention_type != "mla":
+    if is_given(cfg, "model.mla") and m.attention_type != "mla":
         yield warning("model.mla", f"mla settings are ignored with attention_type {m.attention_type}")
     for name in ("kernel_type", "kernel_dim"):
-        if is_set(cfg, f"model.{name}") and m.attention_type != "kernel":
+        if is_given(cfg, f"model.{name}") and m.attention_type != "kernel":
             yield warning(f"model.{name}", f"{name} only applies to attention_type kernel")
     if m.kernel_dim is not None and m.kernel_type != "gaussian":
         yield warning("model.kernel_dim", "kernel_dim only applies to kernel_type gaussian (random features)")
 
 
-@rule("model.use_peer", "model.peer.num_experts", "model.peer.product_key_dim", "model.peer.query_dim",
-      "model.peer.num_experts_per_tok", "model.peer_start_layer", "model.n_layers")
+@rule(
+    "model.use_peer",
+    "model.peer.num_experts",
+    "model.peer.product_key_dim",
+    "model.peer.query_dim",
+    "model.peer.num_experts_per_tok",
+    "model.peer_start_layer",
+    "model.n_layers",
+)
 def peer_geometry(cfg: StackwiseConfig) -> Iterable[Issue]:
     m, p = cfg.model, cfg.model.peer
     if not m.use_peer:
-        if is_set(cfg, "model.peer") or is_set(cfg, "model.peer_start_layer"):
-            where = "model.peer" if is_set(cfg, "model.peer") else "model.peer_start_layer"
+        if is_given(cfg, "model.peer") or is_given(cfg, "model.peer_start_layer"):
+            where = "model.peer" if is_given(cfg, "model.peer") else "model.peer_start_layer"
             yield warning(where, "PEER settings are given but use_peer is false, so they are ignored")
         return
     product = math.prod(p.product_key_dim)
     if p.num_experts != product:
-        yield error("model.peer.num_experts", f"num_experts ({p.num_experts}) must equal the product of product_key_dim {list(p.product_key_dim)} = {product}")
+        yield error(
+            "model.peer.num_experts",
+            f"num_experts ({p.num_experts}) must equal the product of product_key_dim {list(p.product_key_dim)} = {product}",
+        )
     n_sub = len(p.product_key_dim)
     if p.query_dim % n_sub:
-        yield error("model.peer.query_dim", f"query_dim ({p.query_dim}) must be divisible by the number of sub-keys ({n_sub})")
+        yield error(
+            "model.peer.query_dim", f"query_dim ({p.query_dim}) must be divisible by the number of sub-keys ({n_sub})"
+        )
     if p.num_experts_per_tok > min(p.product_key_dim):
-        yield error("model.peer.num_experts_per_tok", f"num_experts_per_tok ({p.num_experts_per_tok}) is larger than the smallest sub-key count ({min(p.product_key_dim)}): top-k per sub-key cannot pick that many")
+        yield error(
+            "model.peer.num_experts_per_tok",
+            f"num_experts_per_tok ({p.num_experts_per_tok}) is larger than the smallest sub-key count ({min(p.product_key_dim)}): top-k per sub-key cannot pick that many",
+        )
     if m.peer_start_layer >= m.n_layers:
-        yield error("model.peer_start_layer", f"peer_start_layer ({m.peer_start_layer}) must be below n_layers ({m.n_layers}): no layer would use PEER")
+        yield error(
+            "model.peer_start_layer",
+            f"peer_start_layer ({m.peer_start_layer}) must be below n_layers ({m.n_layers}): no layer would use PEER",
+        )
 
 
 @rule("training.seq_len", "model.max_seq_len")
 def seq_len_fits(cfg: StackwiseConfig) -> Iterable[Issue]:
     if cfg.training.seq_len > cfg.model.max_seq_len:
-        yield error("training.seq_len", f"seq_len ({cfg.training.seq_len}) is above model.max_seq_len ({cfg.model.max_seq_len})")
+        yield error(
+            "training.seq_len", f"seq_len ({cfg.training.seq_len}) is above model.max_seq_len ({cfg.model.max_seq_len})"
+        )
 
 
-@rule("model.vocab_size", "data.tokenizer_path", "model.pretrained_name", "model.tokenizer_embedding", "training.mask_token_id")
+@rule(
+    "model.vocab_size",
+    "data.tokenizer_path",
+    "model.pretrained_name",
+    "model.tokenizer_embedding",
+    "training.mask_token_id",
+)
 def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
     vocab = cfg.model.vocab_size
     name = derived.tokenizer_name(cfg)
     size = tokenizer_vocab_size(name) if vocab is not None else None
     if size is not None and vocab < size and not cfg.data.use_dummy_data:  # type: ignore[operator]
         if name == "gpt2" and not cfg.data.tokenizer_path:
-            yield warning("model.vocab_size", f"vocab_size ({vocab}) is smaller than the default GPT-2 tokenizer ({size}); set data.tokenizer_path to the tokenizer this vocabulary belongs to")
+            yield warning(
+                "model.vocab_size",
+                f"vocab_size ({vocab}) is smaller than the default GPT-2 tokenizer ({size}); set data.tokenizer_path to the tokenizer this vocabulary belongs to",
+            )
         else:
-            yield error("model.vocab_size", f"vocab_size ({vocab}) is smaller than the vocabulary of tokenizer `{name}` ({size}); token ids would be out of range")
+            yield error(
+                "model.vocab_size",
+                f"vocab_size ({vocab}) is smaller than the vocabulary of tokenizer `{name}` ({size}); token ids would be out of range",
+            )
     mask = cfg.training.mask_token_id
     if vocab is not None and mask is not None and mask >= vocab:
         yield error("training.mask_token_id", f"mask_token_id ({mask}) must be below vocab_size ({vocab})")
@@ -190,120 +256,230 @@ def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
 def blocks_cover_layers(cfg: StackwiseConfig) -> Iterable[Issue]:
     t, n = cfg.training, cfg.model.n_layers
     if t.mode == "layerwise" and t.block_size not in (None, 1):
-        yield error("training.block_size", f"mode layerwise means block_size: 1 (got {t.block_size}); for blocks of {t.block_size} layers use mode: blockwise")
+        yield error(
+            "training.block_size",
+            f"mode layerwise means block_size: 1 (got {t.block_size}); for blocks of {t.block_size} layers use mode: blockwise",
+        )
+    elif t.mode == "layerwise" and t.total_blocks not in (None, n):
+        yield error(
+            "training.total_blocks",
+            f"mode layerwise trains one layer per block, so total_blocks must be n_layers ({n}), not {t.total_blocks}; for blocks of several layers use mode: blockwise",
+        )
     if t.total_blocks is not None and t.block_size is not None:
         if t.total_blocks * t.block_size != n:
-            yield error("training.total_blocks", f"total_blocks x block_size = {t.total_blocks} x {t.block_size} = {t.total_blocks * t.block_size}, but n_layers is {n}")
+            yield error(
+                "training.total_blocks",
+                f"total_blocks x block_size = {t.total_blocks} x {t.block_size} = {t.total_blocks * t.block_size}, but n_layers is {n}",
+            )
     elif t.total_blocks is not None and n % t.total_blocks:
         yield error("training.total_blocks", f"n_layers ({n}) is not divisible by total_blocks ({t.total_blocks})")
     elif t.block_size is not None and n % t.block_size:
         yield error("training.block_size", f"n_layers ({n}) is not divisible by block_size ({t.block_size})")
 
 
-@rule("training.mode", "training.fusion_mode", "training.qlora_enabled", "training.quantization_enabled",
-      "training.quantization_type", "training.qlora_lr", "training.total_blocks", "training.block_size",
-      "training.epochs_per_layer", "training.progressive", "training.cache_activations")
+@rule(
+    "training.mode",
+    "training.fusion_mode",
+    "training.qlora_enabled",
+    "training.quantization_enabled",
+    "training.quantization_type",
+    "training.qlora_lr",
+    "training.total_blocks",
+    "training.block_size",
+    "training.epochs_per_layer",
+    "training.progressive",
+    "training.cache_activations",
+)
 def options_apply_to_mode(cfg: StackwiseConfig) -> Iterable[Issue]:
     t = cfg.training
     staged = t.mode != "end_to_end" or t.progressive.enabled
-    if is_set(cfg, "training.fusion_mode") and t.mode != "fused":
+    if is_given(cfg, "training.fusion_mode") and t.mode != "fused":
         yield warning("training.fusion_mode", f"fusion_mode only applies to mode fused (mode is {t.mode})")
     trunk_adapters = t.mode == "fused" and t.fusion_mode == "trainable"
     for name in ("qlora_enabled", "quantization_enabled", "quantization_type", "qlora_lr"):
-        if is_set(cfg, f"training.{name}") and not trunk_adapters and not (name == "qlora_lr" and t.progressive.enabled):
-            yield warning(f"training.{name}", f"{name} only applies to mode fused with fusion_mode trainable (a trainable, quantized trunk)")
+        if (
+            is_given(cfg, f"training.{name}")
+            and not trunk_adapters
+            and not (name == "qlora_lr" and t.progressive.enabled)
+        ):
+            yield warning(
+                f"training.{name}",
+                f"{name} only applies to mode fused with fusion_mode trainable (a trainable, quantized trunk)",
+            )
     for name in ("total_blocks", "block_size", "epochs_per_layer", "cache_activations"):
-        if is_set(cfg, f"training.{name}") and not staged:
-            yield warning(f"training.{name}", f"{name} only applies to stage-wise training (mode layerwise, blockwise or fused, or progressive)")
+        if is_given(cfg, f"training.{name}") and not staged:
+            yield warning(
+                f"training.{name}",
+                f"{name} only applies to stage-wise training (mode layerwise, blockwise or fused, or progressive)",
+            )
 
 
-@rule("training.time_step_masking", "training.num_time_steps", "training.time_step_mask_fractions",
-      "training.min_mask_fraction", "training.max_mask_fraction", "training.objective", "training.mask_schedule_type")
+@rule(
+    "training.time_step_masking",
+    "training.num_time_steps",
+    "training.time_step_mask_fractions",
+    "training.min_mask_fraction",
+    "training.max_mask_fraction",
+    "training.objective",
+    "training.mask_schedule_type",
+    "model.attention_mode",
+)
 def masking_schedule(cfg: StackwiseConfig) -> Iterable[Issue]:
     t = cfg.training
     fractions = t.time_step_mask_fractions
-    if t.time_step_masking and fractions is not None and t.num_time_steps is not None and len(fractions) != t.num_time_steps:
-        yield error("training.time_step_mask_fractions", f"{len(fractions)} mask fractions given for num_time_steps {t.num_time_steps}; give one per time step")
+    if (
+        t.time_step_masking
+        and fractions is not None
+        and t.num_time_steps is not None
+        and len(fractions) != t.num_time_steps
+    ):
+        yield error(
+            "training.time_step_mask_fractions",
+            f"{len(fractions)} mask fractions given for num_time_steps {t.num_time_steps}; give one per time step",
+        )
     if t.min_mask_fraction >= t.max_mask_fraction:
-        yield error("training.min_mask_fraction", f"min_mask_fraction ({t.min_mask_fraction}) must be below max_mask_fraction ({t.max_mask_fraction})")
+        yield error(
+            "training.min_mask_fraction",
+            f"min_mask_fraction ({t.min_mask_fraction}) must be below max_mask_fraction ({t.max_mask_fraction})",
+        )
     if not t.time_step_masking:
         for name in ("num_time_steps", "time_step_mask_fractions"):
-            if is_set(cfg, f"training.{name}"):
+            if is_given(cfg, f"training.{name}"):
                 yield warning(f"training.{name}", f"{name} only applies with time_step_masking: true")
     if derived.objective(cfg) == "causal":
         if t.time_step_masking:
-            yield error("training.objective", "time_step_masking trains a masked-diffusion objective, but objective is causal")
+            yield error(
+                "training.objective", "time_step_masking trains a masked-diffusion objective, but objective is causal"
+            )
         for name in ("min_mask_fraction", "max_mask_fraction", "mask_schedule_type"):
-            if is_set(cfg, f"training.{name}"):
+            if is_given(cfg, f"training.{name}"):
                 yield warning(f"training.{name}", f"{name} only applies to the masked_diffusion objective")
 
 
 @rule("training.objective", "model.attention_mode", "training.time_step_masking")
 def objective_fits_attention(cfg: StackwiseConfig) -> Iterable[Issue]:
     if cfg.training.objective == "causal" and cfg.model.attention_mode == "bidirectional":
-        yield error("training.objective", "a next-token (causal) objective with bidirectional attention lets every position see the token it must predict; use attention_mode: causal or objective: masked_diffusion")
-    if derived.objective(cfg) == "masked_diffusion" and cfg.model.attention_mode == "causal" and is_set(cfg, "model.attention_mode"):
-        yield warning("model.attention_mode", "masked diffusion with causal attention: a masked token can only use the context to its left")
+        yield error(
+            "training.objective",
+            "a next-token (causal) objective with bidirectional attention lets every position see the token it must predict; use attention_mode: causal or objective: masked_diffusion",
+        )
+    if (
+        derived.objective(cfg) == "masked_diffusion"
+        and cfg.model.attention_mode == "causal"
+        and is_set(cfg, "model.attention_mode")
+    ):
+        yield warning(
+            "model.attention_mode",
+            "masked diffusion with causal attention: a masked token can only use the context to its left",
+        )
 
 
-@rule("training.progressive.enabled", "training.progressive.qlora_strategy", "training.progressive.qlora_configs",
-      "training.progressive.qlora_enabled", "training.progressive.qlora_rank", "training.progressive.qlora_rank_pattern",
-      "training.progressive.trunk_strategy", "training.progressive.progressive_qlora",
-      "training.total_blocks", "training.block_size", "model.n_layers")
+@rule(
+    "training.progressive.enabled",
+    "training.progressive.qlora_strategy",
+    "training.progressive.qlora_configs",
+    "training.progressive.qlora_enabled",
+    "training.progressive.qlora_rank",
+    "training.progressive.qlora_rank_pattern",
+    "training.progressive.trunk_strategy",
+    "training.progressive.progressive_qlora",
+    "training.total_blocks",
+    "training.block_size",
+    "model.n_layers",
+)
 def progressive_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
     p = cfg.training.progressive
     n_stacks = derived.blocks(cfg)[0]
     if not p.enabled:
-        extra = [f for f in set_fields(p, "training.progressive") if f != "training.progressive.enabled"]
+        extra = [
+            f for f in set_fields(p, "training.progressive") if f != "training.progressive.enabled" and is_given(cfg, f)
+        ]
         if extra:
             yield warning(extra[0], "progressive settings are ignored while training.progressive.enabled is false")
         return
     if p.qlora_strategy == "variable":
         if not p.qlora_configs:
-            yield error("training.progressive.qlora_strategy", "qlora_strategy variable needs qlora_configs: {stack index: {rank, alpha}}")
+            yield error(
+                "training.progressive.qlora_strategy",
+                "qlora_strategy variable needs qlora_configs: {stack index: {rank, alpha}}",
+            )
         for k in sorted(p.qlora_configs or {}):
             if not 0 <= k < n_stacks:
-                yield error(f"training.progressive.qlora_configs[{k}]", f"stack index {k} does not exist: this config has {n_stacks} stacks (0..{n_stacks - 1})")
+                yield error(
+                    f"training.progressive.qlora_configs[{k}]",
+                    f"stack index {k} does not exist: this config has {n_stacks} stacks (0..{n_stacks - 1})",
+                )
     elif p.qlora_configs:
-        yield warning("training.progressive.qlora_configs", f"qlora_configs only applies to qlora_strategy variable (strategy is {p.qlora_strategy})")
+        yield warning(
+            "training.progressive.qlora_configs",
+            f"qlora_configs only applies to qlora_strategy variable (strategy is {p.qlora_strategy})",
+        )
     if p.qlora_strategy == "progressive" and p.qlora_enabled:
         for k in range(n_stacks):
             rank = derived.pattern_value(p.qlora_rank, p.qlora_rank_pattern, k)
             if rank < 1:
-                yield error("training.progressive.qlora_rank_pattern", f"qlora_rank_pattern {p.qlora_rank_pattern} drives stack {k}'s rank below 1 ({p.qlora_rank} -> {rank:g}); raise qlora_rank or use fewer stacks")
+                yield error(
+                    "training.progressive.qlora_rank_pattern",
+                    f"qlora_rank_pattern {p.qlora_rank_pattern} drives stack {k}'s rank below 1 ({p.qlora_rank} -> {rank:g}); raise qlora_rank or use fewer stacks",
+                )
                 break
     if p.trunk_strategy == "qlora" and not (p.progressive_qlora or p.qlora_enabled):
-        yield error("training.progressive.trunk_strategy", "trunk_strategy qlora quantizes the trunk, but no adapter could train it: enable progressive_qlora (trunk adapters) or qlora_enabled (stack adapters)")
+        yield error(
+            "training.progressive.trunk_strategy",
+            "trunk_strategy qlora quantizes the trunk, but no adapter could train it: enable progressive_qlora (trunk adapters) or qlora_enabled (stack adapters)",
+        )
 
 
 # -- optimisation and duration ------------------------------------------------------------------------------
-def _mix_sources(cfg: StackwiseConfig) -> list[Any]:
-    """The datasets of data.data_mix, read from data_mixes_file (empty when either is missing or invalid)."""
+@functools.lru_cache(maxsize=8)
+def _read_mixes(file: str, mtime: float) -> dict[str, Any] | None:
+    """The mixes of a datasets.yaml (None when unreadable or invalid); cached while the file is unchanged."""
     from .sections import DataMixesFile
     from .yamlio import load_yaml_file
 
-    d = cfg.data
-    if not d.data_mix or not d.data_mixes_file or not Path(d.data_mixes_file).is_file():
-        return []
     try:
-        mixes = DataMixesFile.model_validate(load_yaml_file(d.data_mixes_file).data).data_mixes
+        return dict(DataMixesFile.model_validate(load_yaml_file(file).data).data_mixes)
     except (ValidationError, OSError):
-        return []
-    return list(mixes[d.data_mix].datasets) if d.data_mix in mixes else []
+        return None
 
 
-@rule("training.max_steps", "training.num_train_epochs", "training.steps_per_epoch", "data.streaming", "data.datasets",
-      "data.data_mix", "data.data_mixes_file")
+def _mixes(file: str) -> dict[str, Any] | None:
+    path = Path(file)
+    return _read_mixes(str(path.resolve()), path.stat().st_mtime) if path.is_file() else None
+
+
+def _mix_sources(cfg: StackwiseConfig) -> list[Any]:
+    """The datasets of data.data_mix, read from data_mixes_file (empty when either is missing or invalid)."""
+    d = cfg.data
+    mixes = _mixes(d.data_mixes_file) if d.data_mix and d.data_mixes_file else None
+    return list(mixes[d.data_mix].datasets) if mixes and d.data_mix in mixes else []
+
+
+@rule(
+    "training.max_steps",
+    "training.num_train_epochs",
+    "training.steps_per_epoch",
+    "data.streaming",
+    "data.datasets",
+    "data.data_mix",
+    "data.data_mixes_file",
+)
 def duration(cfg: StackwiseConfig) -> Iterable[Issue]:
     t, d = cfg.training, cfg.data
     streamed = [s for s in (*(d.datasets or ()), *_mix_sources(cfg)) if s.streaming]
     if t.max_steps is not None and t.num_train_epochs is not None:
-        yield error("training.num_train_epochs", f"give max_steps ({t.max_steps}) or num_train_epochs ({t.num_train_epochs}), not both")
+        yield error(
+            "training.num_train_epochs",
+            f"give max_steps ({t.max_steps}) or num_train_epochs ({t.num_train_epochs}), not both",
+        )
     elif t.max_steps is None and (d.streaming or streamed) and t.steps_per_epoch is None:
         where = "training.num_train_epochs" if t.num_train_epochs is not None else "data.streaming"
         if where == "data.streaming" and not d.streaming:
             where = "data.datasets" if d.datasets else "data.data_mix"
-        yield error(where, "a streaming dataset has no length, so epochs cannot be counted: set training.max_steps, or steps_per_epoch with num_train_epochs")
+        yield error(
+            where,
+            "a streaming dataset has no length, so epochs cannot be counted: set training.max_steps, or steps_per_epoch with num_train_epochs",
+        )
     if t.steps_per_epoch is not None and t.num_train_epochs is None:
         yield warning("training.steps_per_epoch", "steps_per_epoch only applies with num_train_epochs")
 
@@ -312,9 +488,15 @@ def duration(cfg: StackwiseConfig) -> Iterable[Issue]:
 def warmup(cfg: StackwiseConfig) -> Iterable[Issue]:
     t = cfg.training
     if t.warmup_steps is not None and t.warmup_ratio is not None:
-        yield error("training.warmup_ratio", f"give warmup_steps ({t.warmup_steps}) or warmup_ratio ({t.warmup_ratio}), not both")
+        yield error(
+            "training.warmup_ratio",
+            f"give warmup_steps ({t.warmup_steps}) or warmup_ratio ({t.warmup_ratio}), not both",
+        )
     elif t.warmup_steps is not None and t.max_steps is not None and t.warmup_steps >= t.max_steps:
-        yield error("training.warmup_steps", f"warmup_steps ({t.warmup_steps}) must be below max_steps ({t.max_steps}): the learning rate would never finish warming up")
+        yield warning(
+            "training.warmup_steps",
+            f"warmup_steps ({t.warmup_steps}) is not below max_steps ({t.max_steps}): the learning rate never reaches its peak",
+        )
 
 
 @rule("training.min_lr", "training.learning_rate", "training.lr_scheduler_type", "training.decay_ratio")
@@ -322,7 +504,7 @@ def learning_rates(cfg: StackwiseConfig) -> Iterable[Issue]:
     t = cfg.training
     if t.min_lr > t.learning_rate:
         yield error("training.min_lr", f"min_lr ({t.min_lr:g}) is above learning_rate ({t.learning_rate:g})")
-    if is_set(cfg, "training.decay_ratio") and t.lr_scheduler_type != "wsd":
+    if is_given(cfg, "training.decay_ratio") and t.lr_scheduler_type != "wsd":
         yield warning("training.decay_ratio", "decay_ratio only applies to lr_scheduler_type wsd")
 
 
@@ -332,8 +514,15 @@ def _text_rules(source: Any, path: str) -> Iterable[Issue]:
         yield error(f"{path}.text_template", "give text_field or text_template, not both")
 
 
-@rule("data.text_field", "data.text_template", "data.datasets", "data.dataset_path", "data.data_mix",
-      "data.data_mixes_file", "data.use_dummy_data")
+@rule(
+    "data.text_field",
+    "data.text_template",
+    "data.datasets",
+    "data.dataset_path",
+    "data.data_mix",
+    "data.data_mixes_file",
+    "data.use_dummy_data",
+)
 def data_sources(cfg: StackwiseConfig) -> Iterable[Issue]:
     d = cfg.data
     yield from _text_rules(d, "data")
@@ -351,29 +540,27 @@ def data_sources(cfg: StackwiseConfig) -> Iterable[Issue]:
 
 
 def _mix_exists(file: str, mix: str) -> Iterable[Issue]:
-    from .yamlio import load_yaml_file
-
     if not Path(file).is_file():
         yield warning("data.data_mixes_file", f"{file} not found here, so data_mix `{mix}` was not checked")
         return
-    data = load_yaml_file(file).data
-    mixes = data.get("data_mixes") if isinstance(data, dict) else None
-    if not isinstance(mixes, dict) or mix not in mixes:
-        names = ", ".join(mixes) if isinstance(mixes, dict) else "none"
-        yield error("data.data_mix", f"no mix `{mix}` in {file} (mixes: {names})")
+    mixes = _mixes(file)
+    if mixes is None:
+        yield error("data.data_mixes_file", f"{file} is not a valid data-mix file; run `stackwise validate {file}`")
+    elif mix not in mixes:
+        yield error("data.data_mix", f"no mix `{mix}` in {file} (mixes: {', '.join(mixes) or 'none'})")
 
 
 def check_data_mixes_doc(doc: Any) -> list[Issue]:
     """Validate a `datasets.yaml` file of named data mixes, with the location of each problem."""
-    from .loader import _convert
     from .sections import DataMixesFile
+    from .validation import pydantic_issue
 
     issues: list[Issue] = []
     try:
         parsed = DataMixesFile.model_validate(doc.data)
     except ValidationError as exc:
         for err in exc.errors():
-            path, issue = _convert(err, doc.data)
+            path, issue = pydantic_issue(err, doc.data)
             issues.append(issue.at(doc.loc(path)))
         return issues
     for name, mix in parsed.data_mixes.items():
@@ -387,16 +574,21 @@ def check_data_mixes_doc(doc: Any) -> list[Issue]:
 @rule("distributed.strategy", "distributed.fsdp", "distributed.num_gpus", "distributed.num_nodes")
 def distributed_strategy(cfg: StackwiseConfig) -> Iterable[Issue]:
     d = cfg.distributed
-    if d.strategy != "fsdp" and is_set(cfg, "distributed.fsdp"):
+    if d.strategy != "fsdp" and is_given(cfg, "distributed.fsdp"):
         yield warning("distributed.fsdp", f"fsdp settings only apply to strategy fsdp (strategy is {d.strategy})")
     if d.strategy == "single" and d.num_gpus * d.num_nodes > 1:
-        yield warning("distributed.strategy", f"strategy single uses one device, but num_gpus x num_nodes = {d.num_gpus * d.num_nodes}")
+        yield warning(
+            "distributed.strategy",
+            f"strategy single uses one device, but num_gpus x num_nodes = {d.num_gpus * d.num_nodes}",
+        )
 
 
 @rule("training.stage", "distillation.teacher")
 def distillation_needs_teacher(cfg: StackwiseConfig) -> Iterable[Issue]:
     if cfg.training.stage in ("distillation", "layerwise_distillation") and not cfg.distillation.teacher.pretrained:
-        yield error("training.stage", f"stage {cfg.training.stage} distils from a teacher: set distillation.teacher.pretrained")
+        yield error(
+            "training.stage", f"stage {cfg.training.stage} distils from a teacher: set distillation.teacher.pretrained"
+        )
 
 
 # -- typical ranges ------------------------------------------------------------------------------------------------
@@ -413,4 +605,7 @@ def typical_ranges(cfg: StackwiseConfig) -> Iterable[Issue]:
             low, high, guide = found
             if not low <= value <= high:
                 source = f" (guide {guide})" if guide else ""
-                yield warning(f"{section}.{name}", f"{value:g} is outside the typical range {low:g}-{high:g}{source}; allowed, but check it")
+                yield warning(
+                    f"{section}.{name}",
+                    f"{value:g} is outside the typical range {low:g}-{high:g}{source}; allowed, but check it",
+                )

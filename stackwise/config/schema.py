@@ -21,12 +21,16 @@ class StackwiseConfig(Section):
     """A whole stackwise config. Build it with `from_yaml`, `from_dict`, or the constructor; it is immutable."""
 
     model: ModelConfig = field(factory=ModelConfig, description="Model architecture.")
-    training: TrainingConfig = field(factory=TrainingConfig, description="Training schedule, optimisation and run directory.")
+    training: TrainingConfig = field(
+        factory=TrainingConfig, description="Training schedule, optimisation and run directory."
+    )
     data: DataConfig = field(factory=DataConfig, description="Training data and tokenizer.")
     evaluation: EvaluationConfig = field(factory=EvaluationConfig, description="Periodic evaluation.")
     logging: LoggingConfig = field(factory=LoggingConfig, description="Metric sinks (JSONL, TensorBoard, W&B).")
     distributed: DistributedConfig = field(factory=DistributedConfig, description="Single device, DDP or FSDP.")
-    distillation: DistillationConfig = field(factory=DistillationConfig, description="Distillation from a teacher model.")
+    distillation: DistillationConfig = field(
+        factory=DistillationConfig, description="Distillation from a teacher model."
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self, info: ValidationInfo) -> StackwiseConfig:
@@ -60,12 +64,13 @@ class StackwiseConfig(Section):
 
     def updated(self, changes: Mapping[str, Any] | Sequence[str]) -> StackwiseConfig:
         """A changed copy, validated again: `cfg.updated({"training.lr": 1e-3})` or `cfg.updated(["model=tiny"])`."""
-        if isinstance(changes, Mapping):
-            from .yamlio import format_override
+        from .loader import load_mapping
 
-            changes = [format_override(key, value) for key, value in changes.items()]
         # Only what was set, so that defaults stay defaults (warnings and `migrate` depend on that).
-        return self.from_dict(self.model_dump(mode="json", exclude_unset=True), list(changes))
+        current = self.model_dump(mode="json", exclude_unset=True)
+        if isinstance(changes, Mapping):
+            return load_mapping(current, values=changes).unwrap()
+        return load_mapping(current, list(changes)).unwrap()
 
     # -- output --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

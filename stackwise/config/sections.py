@@ -31,7 +31,9 @@ class DataConfig(Section):
     dataset_path: str | None = field(
         None, "A local file, directory or glob, or a Hugging Face dataset name; null = the built-in corpus."
     )
-    datasets: tuple[DatasetSource, ...] | None = field(None, "Several datasets interleaved by weight (instead of dataset_path).")
+    datasets: tuple[DatasetSource, ...] | None = field(
+        None, "Several datasets interleaved by weight (instead of dataset_path)."
+    )
     data_mixes_file: str | None = field(None, "A datasets.yaml file of named data mixes (guide 001).")
     data_mix: str | None = field(None, "Name of the mix in data_mixes_file to train on.")
     data_dir: str | None = field(None, "Directory that relative dataset_path / validation_path are resolved against.")
@@ -52,7 +54,9 @@ class DataConfig(Section):
     )
     special_tokens: tuple[str, ...] | None = field(None, "Special tokens added to the tokenizer (guide 002).")
     validation_path: str | None = field(None, "Validation data (same kinds as dataset_path).")
-    validation_fraction: float = field(0.01, "Held-out fraction for validation when validation_path is null.", ge=0, lt=0.5)
+    validation_fraction: float = field(
+        0.01, "Held-out fraction for validation when validation_path is null.", ge=0, lt=0.5
+    )
 
 
 class EvaluationConfig(Section):
@@ -71,8 +75,12 @@ class WandbConfig(Section):
     project: str | None = field(None, "W&B project.")
     entity: str | None = field(None, "W&B entity (user or team).")
     name: str | None = field(None, "W&B run name; null = run_id.")
-    log_model: Literal["checkpoints", "all"] | None = field(None, "Upload checkpoints as artifacts: checkpoints, all, or null.")
-    mode: Literal["online", "offline", "disabled"] = field("online", "W&B mode; offline writes locally for a later sync.")
+    log_model: Literal["checkpoints", "all"] | None = field(
+        None, "Upload checkpoints as artifacts: checkpoints, all, or null."
+    )
+    mode: Literal["online", "offline", "disabled"] = field(
+        "online", "W&B mode; offline writes locally for a later sync."
+    )
     tags: tuple[str, ...] = field((), "W&B run tags.")
 
 
@@ -113,7 +121,9 @@ class CPUOffload(Section):
 class StateDictConfig(Section):
     """How FSDP checkpoints are gathered."""
 
-    type: Literal["sharded", "full"] = field("sharded", "sharded (each rank saves its shard) or full (gathered on rank 0).")
+    type: Literal["sharded", "full"] = field(
+        "sharded", "sharded (each rank saves its shard) or full (gathered on rank 0)."
+    )
     offload_to_cpu: bool = field(True, "Move the state dict to CPU while saving.")
 
 
@@ -124,8 +134,12 @@ class FSDPConfig(Section):
         "FULL_SHARD", "FULL_SHARD (ZeRO-3), SHARD_GRAD_OP (ZeRO-2), NO_SHARD (DDP), HYBRID_SHARD."
     )
     mixed_precision: FSDPMixedPrecision = field(factory=FSDPMixedPrecision, description="FSDP mixed-precision policy.")
-    activation_checkpointing: ActivationCheckpointing = field(factory=ActivationCheckpointing, description="Per-layer checkpointing.")
-    backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST"] | None = field("BACKWARD_PRE", "Backward prefetch policy.")
+    activation_checkpointing: ActivationCheckpointing = field(
+        factory=ActivationCheckpointing, description="Per-layer checkpointing."
+    )
+    backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST"] | None = field(
+        "BACKWARD_PRE", "Backward prefetch policy."
+    )
     forward_prefetch: bool = field(False, "Prefetch the next all-gather in the forward pass.")
     limit_all_gathers: bool = field(True, "Rate-limit all-gathers to bound memory.")
     cpu_offload: CPUOffload = field(factory=CPUOffload, description="CPU offload.")
@@ -165,7 +179,9 @@ class DistillationConfig(Section):
     lambda_logits: float = field(10.0, "Weight of the logits KL term.", ge=0)
     gamma_attention: float = field(1e-5, "Weight of the attention distillation term.", ge=0)
     temperature: float = field(5.0, "Softmax temperature of the logits distillation.", gt=0)
-    attention: AttentionDistillation = field(factory=AttentionDistillation, description="Attention distillation settings.")
+    attention: AttentionDistillation = field(
+        factory=AttentionDistillation, description="Attention distillation settings."
+    )
     teacher: TeacherConfig = field(factory=TeacherConfig, description="Teacher model.")
 
 

@@ -9,11 +9,11 @@ schema and fails when a field is in neither, or in both).
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel
 
 from .errors import Issue
+from .fields import section_type
+from .rules import set_fields
 from .schema import StackwiseConfig
 
 MODELS = "stackwise.models (model builders, issue #3)"
@@ -30,87 +30,174 @@ CONSUMED: dict[str, str] = {
     "training.description": "stackwise.config (label shown by `show`)",
 }
 
-# Field path or prefix -> the component that will consume it. Longest prefix wins.
-NOT_YET: dict[str, str] = {
-    "model": MODELS,
-    "model.attention_kernel": KERNELS,
-    "model.peer_kernel": KERNELS,
-    "training": TRAIN,
-    "training.mode": STAGEWISE,
-    "training.fusion_mode": STAGEWISE,
-    "training.total_blocks": STAGEWISE,
-    "training.block_size": STAGEWISE,
-    "training.epochs_per_layer": STAGEWISE,
-    "training.cache_activations": STAGEWISE,
-    "training.qlora_enabled": STAGEWISE,
-    "training.qlora_lr": STAGEWISE,
-    "training.current_block_lr": STAGEWISE,
-    "training.quantization_enabled": STAGEWISE,
-    "training.quantization_type": STAGEWISE,
-    "training.time_step_masking": STAGEWISE,
-    "training.num_time_steps": STAGEWISE,
-    "training.time_step_mask_fractions": STAGEWISE,
-    "training.progressive": STAGEWISE,
-    "training.save_fused_checkpoints": STAGEWISE,
-    "data": TRAIN,
-    "evaluation": TRAIN,
-    "evaluation.evals": EVALS,
-    "evaluation.evals_registry_path": EVALS,
-    "logging": TRAIN,
-    "distributed": DISTRIBUTED,
-    "distillation": DISTILL,
-    "training.stage": DISTILL,
+# The component that will consume each field not read yet. Every leaf field is named, or its sub-section
+# (`model.peer`) is: never a whole top-level section, so that a new field must be placed on purpose.
+PLANNED: dict[str, tuple[str, ...]] = {
+    MODELS: (
+        "model.pretrained_name",
+        "model.vocab_size",
+        "model.d_model",
+        "model.n_layers",
+        "model.n_heads",
+        "model.n_kv_heads",
+        "model.head_dim",
+        "model.d_ff",
+        "model.mlp_multiple",
+        "model.ffn_activation",
+        "model.norm_type",
+        "model.norm_eps",
+        "model.dropout",
+        "model.attention_dropout",
+        "model.max_seq_len",
+        "model.use_rope",
+        "model.rope_theta",
+        "model.tie_embeddings",
+        "model.initializer_range",
+        "model.attention_type",
+        "model.attention_mode",
+        "model.kernel_type",
+        "model.kernel_dim",
+        "model.mla",
+        "model.use_peer",
+        "model.peer_start_layer",
+        "model.peer",
+        "model.quantization",
+        "model.subln",
+        "model.tokenizer_embedding",
+    ),
+    KERNELS: ("model.attention_kernel", "model.peer_kernel"),
+    STAGEWISE: (
+        "training.mode",
+        "training.fusion_mode",
+        "training.total_blocks",
+        "training.block_size",
+        "training.epochs_per_layer",
+        "training.cache_activations",
+        "training.qlora_lr",
+        "training.current_block_lr",
+        "training.qlora_enabled",
+        "training.quantization_enabled",
+        "training.quantization_type",
+        "training.time_step_masking",
+        "training.num_time_steps",
+        "training.time_step_mask_fractions",
+        "training.progressive",
+        "training.save_fused_checkpoints",
+    ),
+    DISTILL: (
+        "training.stage",
+        "distillation.lambda_logits",
+        "distillation.gamma_attention",
+        "distillation.temperature",
+        "distillation.attention",
+        "distillation.teacher",
+    ),
+    TRAIN: (
+        "training.init_from",
+        "training.objective",
+        "training.optimizer",
+        "training.learning_rate",
+        "training.min_lr",
+        "training.weight_decay",
+        "training.betas",
+        "training.momentum",
+        "training.lr_scheduler_type",
+        "training.warmup_steps",
+        "training.warmup_ratio",
+        "training.decay_ratio",
+        "training.max_grad_norm",
+        "training.batch_size",
+        "training.gradient_accumulation_steps",
+        "training.seq_len",
+        "training.max_steps",
+        "training.num_train_epochs",
+        "training.steps_per_epoch",
+        "training.precision",
+        "training.tf32",
+        "training.compile",
+        "training.gradient_checkpointing",
+        "training.device",
+        "training.seed",
+        "training.min_mask_fraction",
+        "training.max_mask_fraction",
+        "training.mask_schedule_type",
+        "training.mask_token_id",
+        "training.run_id",
+        "training.checkpoint_dir",
+        "training.log_dir",
+        "training.log_interval",
+        "training.save_interval",
+        "training.validation_interval",
+        "training.ckpt_keep",
+        "training.resume_from_checkpoint",
+        "training.log_level",
+        "training.debug",
+        "data.dataset_path",
+        "data.datasets",
+        "data.data_mixes_file",
+        "data.data_mix",
+        "data.data_dir",
+        "data.config",
+        "data.split",
+        "data.format",
+        "data.text_field",
+        "data.text_template",
+        "data.streaming",
+        "data.shuffle",
+        "data.shuffle_buffer",
+        "data.cache_dir",
+        "data.num_workers",
+        "data.use_dummy_data",
+        "data.num_samples",
+        "data.tokenizer_path",
+        "data.special_tokens",
+        "data.validation_path",
+        "data.validation_fraction",
+        "evaluation.batch_size",
+        "evaluation.max_batches",
+        "logging.jsonl",
+        "logging.tensorboard",
+        "logging.wandb",
+    ),
+    EVALS: ("evaluation.evals", "evaluation.evals_registry_path"),
+    DISTRIBUTED: (
+        "distributed.strategy",
+        "distributed.backend",
+        "distributed.num_gpus",
+        "distributed.num_nodes",
+        "distributed.gradient_accumulation_factor",
+        "distributed.fsdp",
+    ),
 }
-
-
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    """The sub-section class of a field typed `Section` or `Section | None` (not inside a list or dict)."""
-    import typing
-
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+NOT_YET: dict[str, str] = {path: component for component, paths in PLANNED.items() for path in paths}
 
 
 def field_paths(model: type[BaseModel] = StackwiseConfig, prefix: str = "") -> list[str]:
     """Dotted path of every leaf field of the schema (sub-sections expanded)."""
     out = []
     for name, info in model.model_fields.items():
-        section = _section_type(info.annotation)
+        section = section_type(info.annotation)
         out.extend(field_paths(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"])
     return out
 
 
 def consumer_of(path: str) -> tuple[str, bool]:
-    """(component, consumed_now) for a dotted field path."""
+    """(component, consumed_now) for a dotted field path; KeyError when no component is recorded."""
     if path in CONSUMED:
         return CONSUMED[path], True
     parts = path.split(".")
-    for end in range(len(parts), 0, -1):
+    for end in range(len(parts), 1, -1):  # a field, or its sub-section; never a whole top-level section
         prefix = ".".join(parts[:end])
         if prefix in NOT_YET:
             return NOT_YET[prefix], False
-    raise KeyError(f"no consumer recorded for {path}")
-
-
-def _set_paths(model: BaseModel, prefix: str) -> list[str]:
-    out = []
-    for name in sorted(model.model_fields_set):
-        value: Any = getattr(model, name)
-        path = f"{prefix}.{name}"
-        if isinstance(value, BaseModel):
-            out.extend(_set_paths(value, path))
-        else:
-            out.append(path)
-    return out
+    raise KeyError(f"no consumer recorded for {path}: add it to CONSUMED or PLANNED in stackwise/config/support.py")
 
 
 def unsupported_settings(cfg: StackwiseConfig) -> list[Issue]:
     """An error for each setting the config gives that no component consumes yet (what `train` refuses)."""
     issues = []
     for section in type(cfg).model_fields:
-        for path in _set_paths(getattr(cfg, section), section):
+        for path in set_fields(getattr(cfg, section), section):
             component, consumed = consumer_of(path)
             if not consumed:
                 issues.append(Issue(path, f"`{path}` is not supported yet: it will be read by {component}"))

@@ -65,22 +65,41 @@ class TrainingConfig(Section):
         "frozen", "fused mode: keep the trunk frozen, or train it through adapters on a quantized trunk."
     )
     total_blocks: int | None = field(None, "Number of blocks; total_blocks x block_size = n_layers.", ge=1)
-    block_size: int | None = field(None, "Layers per block (1 for layerwise); null = n_layers / total_blocks, or 1.", ge=1)
-    epochs_per_layer: int | None = field(None, "Passes over the data per block stage; null splits max_steps evenly.", ge=1)
+    block_size: int | None = field(
+        None, "Layers per block (1 for layerwise); null = n_layers / total_blocks, or 1.", ge=1
+    )
+    epochs_per_layer: int | None = field(
+        None, "Passes over the data per block stage; null splits max_steps evenly.", ge=1
+    )
     cache_activations: bool = field(False, "Cache the frozen trunk's activations instead of recomputing them.")
-    stage: Annotated[
-        Literal[
-            "language", "code", "tools", "subln_insertion", "layerwise_distillation", "continue_pretrain", "distillation"
-        ],
-        reject({"rlhf": "RLHF (PPO) is not supported by stackwise; train with a language-modelling stage instead"}),
-    ] | None = field(None, "Named stage of a multi-stage pipeline (guides 002 and 004).")
+    stage: (
+        Annotated[
+            Literal[
+                "language",
+                "code",
+                "tools",
+                "subln_insertion",
+                "layerwise_distillation",
+                "continue_pretrain",
+                "distillation",
+            ],
+            reject({"rlhf": "RLHF (PPO) is not supported by stackwise; train with a language-modelling stage instead"}),
+        ]
+        | None
+    ) = field(None, "Named stage of a multi-stage pipeline (guides 002 and 004).")
     description: str | None = field(None, "Free-text description of this run or stage.")
     init_from: str | None = field(None, "Checkpoint whose model weights initialise training (not a resume).")
-    objective: Annotated[
-        Literal["causal", "masked_diffusion"],
-        synonyms({"clm": "causal", "next_token": "causal", "mlm": "masked_diffusion", "diffusion": "masked_diffusion"}),
-    ] | None = field(
-        None, "causal (next token) or masked_diffusion; null = masked_diffusion when masking or bidirectional, else causal."
+    objective: (
+        Annotated[
+            Literal["causal", "masked_diffusion"],
+            synonyms(
+                {"clm": "causal", "next_token": "causal", "mlm": "masked_diffusion", "diffusion": "masked_diffusion"}
+            ),
+        ]
+        | None
+    ) = field(
+        None,
+        "causal (next token) or masked_diffusion; null = masked_diffusion when masking or bidirectional, else causal.",
     )
 
     # -- optimisation ---------------------------------------------------------------------------
@@ -91,14 +110,24 @@ class TrainingConfig(Section):
     learning_rate: float = field(3e-4, "Peak learning rate.", gt=0, typical=(1e-6, 1e-3), guide="002")
     min_lr: float = field(0.0, "Learning rate at the end of the decay.", ge=0)
     qlora_lr: float | None = field(None, "Learning rate of trunk adapters; null = learning_rate.", gt=0)
-    current_block_lr: float | None = field(None, "Learning rate of the block being trained; null = learning_rate.", gt=0)
-    weight_decay: float = field(0.01, "Decoupled weight decay (not applied to norms, biases, embeddings).", ge=0, typical=(0.0, 0.3), guide="002")
+    current_block_lr: float | None = field(
+        None, "Learning rate of the block being trained; null = learning_rate.", gt=0
+    )
+    weight_decay: float = field(
+        0.01,
+        "Decoupled weight decay (not applied to norms, biases, embeddings).",
+        ge=0,
+        typical=(0.0, 0.3),
+        guide="002",
+    )
     betas: tuple[float, float] = field((0.9, 0.95), "AdamW betas.")
     momentum: float = field(0.95, "Muon momentum.", ge=0, lt=1)
     lr_scheduler_type: Annotated[
         Literal["cosine", "linear", "constant", "wsd"], synonyms({"warmup_stable_decay": "wsd"})
     ] = field("cosine", "Decay after warmup: cosine, linear, constant, or wsd (warmup-stable-decay).")
-    warmup_steps: int | None = field(None, "Warmup steps (or give warmup_ratio, not both).", ge=0, typical=(100, 10000), guide="002")
+    warmup_steps: int | None = field(
+        None, "Warmup steps (or give warmup_ratio, not both).", ge=0, typical=(100, 10000), guide="002"
+    )
     warmup_ratio: float | None = field(None, "Warmup as a fraction of the total steps.", ge=0, lt=1)
     decay_ratio: float = field(0.2, "wsd: fraction of the steps spent in the final decay.", gt=0, le=1)
     max_grad_norm: float | None = field(
@@ -110,17 +139,21 @@ class TrainingConfig(Section):
     gradient_accumulation_steps: int = field(1, "Micro-batches accumulated per optimizer step.", ge=1)
     seq_len: int = field(512, "Training sequence length (documents are packed to it).", ge=1)
     max_steps: int | None = field(None, "Optimizer steps (or give num_train_epochs, not both).", ge=1)
-    num_train_epochs: int | None = field(None, "Passes over the data (or give max_steps).", ge=1, typical=(1, 100), guide="002")
+    num_train_epochs: int | None = field(
+        None, "Passes over the data (or give max_steps).", ge=1, typical=(1, 100), guide="002"
+    )
     steps_per_epoch: int | None = field(None, "Steps in one epoch; required for epochs over a streaming dataset.", ge=1)
 
     # -- numerics and hardware ----------------------------------------------------------------------
-    precision: Annotated[
-        Literal["auto", "fp32", "fp16", "bf16"], synonyms(PRECISION_SYNONYMS)
-    ] = field("auto", "Autocast precision: auto (bf16 where supported, else fp32), fp32, fp16 (with a grad scaler), bf16.")
+    precision: Annotated[Literal["auto", "fp32", "fp16", "bf16"], synonyms(PRECISION_SYNONYMS)] = field(
+        "auto", "Autocast precision: auto (bf16 where supported, else fp32), fp32, fp16 (with a grad scaler), bf16."
+    )
     tf32: bool = field(False, "Allow TF32 matmuls on Ampere+ GPUs.")
     compile: bool = field(False, "torch.compile the model.")
     gradient_checkpointing: bool = field(False, "Recompute layer activations in the backward pass to save memory.")
-    device: str = field("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    device: str = field(
+        "auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"
+    )
     seed: int = field(42, "Random seed.")
 
     # -- adapters and quantization (fused trainable) -------------------------------------------------
@@ -132,7 +165,9 @@ class TrainingConfig(Section):
 
     # -- masked diffusion -----------------------------------------------------------------------------
     time_step_masking: bool = field(False, "Block k trains at the mask fraction of time step k (depth as time).")
-    num_time_steps: int | None = field(None, "Number of time steps; null = len(time_step_mask_fractions) or blocks.", ge=1)
+    num_time_steps: int | None = field(
+        None, "Number of time steps; null = len(time_step_mask_fractions) or blocks.", ge=1
+    )
     time_step_mask_fractions: tuple[float, ...] | None = field(
         None, "Mask fraction of each time step: strictly increasing, in (0, 1]."
     )
@@ -141,8 +176,12 @@ class TrainingConfig(Section):
     mask_schedule_type: Literal["linear", "exponential", "cosine"] = field(
         "linear", "How the mask fraction grows with depth between min and max."
     )
-    mask_token_id: int | None = field(None, "Token id used for masked positions; null = the tokenizer's mask token.", ge=0)
-    progressive: ProgressiveConfig = field(factory=ProgressiveConfig, description="Progressive (stack-by-stack) training with dual LoRA.")
+    mask_token_id: int | None = field(
+        None, "Token id used for masked positions; null = the tokenizer's mask token.", ge=0
+    )
+    progressive: ProgressiveConfig = field(
+        factory=ProgressiveConfig, description="Progressive (stack-by-stack) training with dual LoRA."
+    )
 
     # -- run directory, logging cadence, checkpoints ----------------------------------------------------
     run_id: str | None = field(None, "Name of the run directory under checkpoint_dir; null = a timestamp.")
@@ -171,8 +210,7 @@ class TrainingConfig(Section):
     def _clipping_zero(cls, value: object) -> object:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
             raise ValueError(
-                "max_grad_norm: 0 would scale every gradient to zero; "
-                "to disable clipping set `max_grad_norm: null`"
+                "max_grad_norm: 0 would scale every gradient to zero; to disable clipping set `max_grad_norm: null`"
             )
         return value
 

@@ -61,8 +61,13 @@ def load_yaml_text(text: str, file: str) -> Doc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
         doc.issues.append(
-            Issue("", f"YAML syntax error: {problem}", file=file, line=mark.line + 1 if mark else None,
-                  column=mark.column + 1 if mark else None)
+            Issue(
+                "",
+                f"YAML syntax error: {problem}",
+                file=file,
+                line=mark.line + 1 if mark else None,
+                column=mark.column + 1 if mark else None,
+            )
         )
     except yaml.YAMLError as exc:
         doc.issues.append(Issue("", f"YAML error: {exc}", file=file))
@@ -83,24 +88,41 @@ def _mark(node: yaml.Node, file: str, key: str) -> Location:
 
 def _construct(loader: _Loader, node: yaml.Node, path: Path_, doc: Doc) -> Any:
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+        explicit = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+        loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys; explicit keys may override merged ones
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
+        first_node: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
-                doc.issues.append(Issue(dotted(path), "mapping keys must be plain scalars", file=doc.file,
-                                        line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1))
+                doc.issues.append(
+                    Issue(
+                        dotted(path),
+                        "mapping keys must be plain scalars",
+                        file=doc.file,
+                        line=key_node.start_mark.line + 1,
+                        column=key_node.start_mark.column + 1,
+                    )
+                )
                 continue
             line = key_node.start_mark.line + 1
             child = (*path, key)
-            if key in out:
+            ident = (type(key), key)  # `1` and `true` are different keys, though 1 == True in Python
+            if ident in first_node and first_node[ident] in explicit and id(key_node) in explicit:
                 doc.issues.append(
-                    Issue(dotted(child), f"duplicate key `{key}`: given on line {first_line[key]} and again on line "
-                          f"{line}; YAML keeps only the last, so remove one", file=doc.file, line=line,
-                          column=key_node.start_mark.column + 1, key=dotted(child))
+                    Issue(
+                        dotted(child),
+                        f"duplicate key `{key}`: given on line {first_line[key]} and again on line "
+                        f"{line}; YAML keeps only the last, so remove one",
+                        file=doc.file,
+                        line=line,
+                        column=key_node.start_mark.column + 1,
+                        key=dotted(child),
+                    )
                 )
             first_line.setdefault(key, line)
+            first_node[ident] = id(key_node)
             doc.marks[child] = _mark(key_node, doc.file, dotted(child))
             out[key] = _construct(loader, value_node, child, doc)
         return out
@@ -154,13 +176,6 @@ def parse_scalar(text: str) -> Any:
         return text
 
 
-def format_override(key: str, value: Any) -> str:
-    """`key=value` with the value written as one-line YAML, so that `parse_scalar` gives it back."""
-    if isinstance(value, str):
-        return f"{key}={value}"
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
-
-
 def dump_yaml(data: Any) -> str:
     """Block-style YAML that keeps key order."""
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)

@@ -33,32 +33,41 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def good(tmp_path: Path) -> Path:
-    return write(tmp_path / "good.yaml", """
+    return write(
+        tmp_path / "good.yaml",
+        """
         model:
           d_model: 512
           n_heads: 8
         training:
           lr: 1e-4
           batch_size: 4
-        """)
+        """,
+    )
 
 
 @pytest.fixture
 def bad(tmp_path: Path) -> Path:
-    return write(tmp_path / "bad.yaml", """
+    return write(
+        tmp_path / "bad.yaml",
+        """
         training:
           batch_size: 4
           learning_rate: -1
-        """)
+        """,
+    )
 
 
 @pytest.fixture
 def warn(tmp_path: Path) -> Path:
     # legal, but outside the typical range: a warning only
-    return write(tmp_path / "warn.yaml", """
+    return write(
+        tmp_path / "warn.yaml",
+        """
         training:
           learning_rate: 0.5
-        """)
+        """,
+    )
 
 
 # -- validate: exit codes ------------------------------------------------------------------------------------------
@@ -256,13 +265,16 @@ def test_show_missing_file_exits_2(tmp_path: Path) -> None:
 
 
 def test_migrate_003_layout(tmp_path: Path) -> None:
-    old = write(tmp_path / "old.yaml", """
+    old = write(
+        tmp_path / "old.yaml",
+        """
         train:
           total_steps: 1000
           micro_batch_size: 4
           grad_accum_steps: 8
           lr: 3e-4
-        """)
+        """,
+    )
     result = invoke("migrate", old)
     assert result.exit_code == 0, result.output
     data = yaml.safe_load(result.stdout)
@@ -283,7 +295,9 @@ def test_migrate_003_layout(tmp_path: Path) -> None:
 
 
 def test_migrate_001_layout(tmp_path: Path) -> None:
-    old = write(tmp_path / "old.yaml", """
+    old = write(
+        tmp_path / "old.yaml",
+        """
         model_config:
           hidden_size: 512
           num_attention_heads: 8
@@ -291,7 +305,8 @@ def test_migrate_001_layout(tmp_path: Path) -> None:
           per_device_train_batch_size: 16
         wandb_config:
           project: p
-        """)
+        """,
+    )
     result = invoke("migrate", old)
     assert result.exit_code == 0, result.output
     data = yaml.safe_load(result.stdout)
@@ -420,8 +435,6 @@ def test_version_in_process() -> None:
 
 
 def test_version_subprocess() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "stackwise", "--version"], capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([sys.executable, "-m", "stackwise", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"stackwise {stackwise.__version__}"

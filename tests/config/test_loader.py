@@ -27,11 +27,14 @@ def ok(result: LoadResult) -> StackwiseConfig:
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    return write(tmp_path / "config.yaml", """
+    return write(
+        tmp_path / "config.yaml",
+        """
         training:
           lr: 1e-4
           batch_size: 4
-        """)
+        """,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -128,51 +131,66 @@ def test_several_groups_compose(base: Path) -> None:
 
 # -- defaults: lists ----------------------------------------------------------------------------------------------
 def test_defaults_list_file_wins_by_default(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults:
           - model: tiny
         model:
           n_layers: 2
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     assert cfg.model.n_layers == 2
     assert cfg.model.d_model == 256
 
 
 def test_defaults_list_after_self_wins(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults:
           - _self_
           - model: tiny
         model:
           n_layers: 2
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     assert cfg.model.n_layers == 4
     assert cfg.model.d_model == 256
 
 
 def test_flow_style_defaults_list(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults: [{model: tiny}]
         model: {n_layers: 2}
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     assert (cfg.model.n_layers, cfg.model.d_model) == (2, 256)
 
 
 def test_user_group_folder_next_to_the_config(tmp_path: Path) -> None:
-    write(tmp_path / "model" / "mine.yaml", """
+    write(
+        tmp_path / "model" / "mine.yaml",
+        """
         hidden_size: 96
         n_layers: 3
         num_attention_heads: 4
-        """)
-    path = write(tmp_path / "c.yaml", """
+        """,
+    )
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults:
           - model: mine
         training:
           lr: 1e-4
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads) == (96, 3, 4)
 
@@ -203,12 +221,15 @@ def test_config_dir_environment_variable(tmp_path: Path, base: Path, monkeypatch
 
 def test_command_line_group_replaces_the_same_group_in_defaults(tmp_path: Path) -> None:
     write(tmp_path / "model" / "mine.yaml", "hidden_size: 96\nn_heads: 4\n")
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults:
           - model: tiny
         model:
           n_layers: 2
-        """)
+        """,
+    )
     cfg = ok(load_config(path, ["model=mine"]))
     assert cfg.model.d_model == 96
     assert cfg.model.n_layers == 2  # the file still wins over the group
@@ -216,12 +237,15 @@ def test_command_line_group_replaces_the_same_group_in_defaults(tmp_path: Path) 
 
 
 def test_unknown_group_in_defaults_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults:
           - foo: bar
         training:
           lr: 1e-4
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = result.errors[0]
@@ -230,11 +254,14 @@ def test_unknown_group_in_defaults_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_option_in_defaults_points_at_its_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         defaults:
           - _self_
           - model: tinyy
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = result.errors[0]
@@ -259,13 +286,16 @@ def test_flat_group_file_with_only_d_model(tmp_path: Path) -> None:
 
 # -- other guides' layouts ------------------------------------------------------------------------------------------
 def test_003_layout(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         train:
           total_steps: 1000
           micro_batch_size: 4
           grad_accum_steps: 8
           lr: 3e-4
-        """)
+        """,
+    )
     t = ok(load_config(path)).training
     assert t.max_steps == 1000
     assert t.batch_size == 4
@@ -274,7 +304,9 @@ def test_003_layout(tmp_path: Path) -> None:
 
 
 def test_001_layout(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         model_config:
           hidden_size: 512
           num_attention_heads: 8
@@ -284,7 +316,8 @@ def test_001_layout(tmp_path: Path) -> None:
           max_seq_length: 1024
         wandb_config:
           project: p
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     assert cfg.model.d_model == 512
     assert cfg.training.batch_size == 16
@@ -299,12 +332,15 @@ def test_001_null_wandb_disables_it(tmp_path: Path) -> None:
 
 
 def test_002_flat_training_file(tmp_path: Path) -> None:
-    path = write(tmp_path / "training" / "t.yaml", """
+    path = write(
+        tmp_path / "training" / "t.yaml",
+        """
         grad_clip: 0.5
         num_epochs: 3
         use_amp: false
         data_file: data/train.txt
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     assert cfg.training.max_grad_norm == pytest.approx(0.5)
     assert cfg.training.num_train_epochs == 3
@@ -313,7 +349,9 @@ def test_002_flat_training_file(tmp_path: Path) -> None:
 
 
 def test_004_model_file(tmp_path: Path) -> None:
-    path = write(tmp_path / "model" / "m.yaml", """
+    path = write(
+        tmp_path / "model" / "m.yaml",
+        """
         hidden_size: 512
         num_hidden_layers: 8
         num_attention_heads: 8
@@ -328,7 +366,8 @@ def test_004_model_file(tmp_path: Path) -> None:
           enabled: true
         teacher:
           pretrained: some/teacher
-        """)
+        """,
+    )
     cfg = ok(load_config(path))
     m = cfg.model
     assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads) == (512, 8, 8, 2)
@@ -349,13 +388,16 @@ def test_004_model_file_through_defaults(tmp_path: Path) -> None:
 
 # -- error locations --------------------------------------------------------------------------------------------------
 def test_alias_error_points_at_the_key_as_written(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         model:
           d_model: 512
           n_heads: 8
         train:
           lr: -1
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = next(i for i in result.errors if i.path == "training.learning_rate")
@@ -367,13 +409,16 @@ def test_alias_error_points_at_the_key_as_written(tmp_path: Path) -> None:
 
 
 def test_001_alias_error_points_at_the_key_as_written(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         model_config:
           hidden_size: 512
           num_attention_heads: 8
         train_config:
           per_device_train_batch_size: 0
-        """)
+        """,
+    )
     result = load_config(path)
     (issue,) = result.errors
     assert issue.path == "training.batch_size"
@@ -390,12 +435,15 @@ def test_alias_override_error_keeps_the_argument_as_key(base: Path) -> None:
 
 
 def test_bad_list_item_is_reported_once_at_its_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           betas:
             - 0.9
             - abc
-        """)
+        """,
+    )
     result = load_config(path)
     assert [(i.path, i.line, i.column) for i in result.errors] == [("training.betas[1]", 4, 7)]
 
@@ -410,11 +458,14 @@ def test_group_file_error_points_into_the_group_file(tmp_path: Path) -> None:
 
 
 def test_conflicting_alias_and_canonical_name(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           lr: 1e-4
           learning_rate: 2e-4
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     assert any(i.path == "training.learning_rate" for i in result.errors)

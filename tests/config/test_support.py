@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stackwise.config import StackwiseConfig
 from stackwise.config.support import CONSUMED, NOT_YET, consumer_of, field_paths, unsupported_settings
 
@@ -14,6 +16,12 @@ def test_every_field_has_a_consumer() -> None:
         component, now = consumer_of(path)  # raises KeyError for a field nobody owns
         rows.append(f"{path:55} {'reads now' if now else 'not yet  '} {component}")
     print("\n".join(rows))  # the field -> consumer listing; shown with `pytest -s`
+
+
+def test_a_new_field_must_be_placed() -> None:
+    assert not [key for key in NOT_YET if "." not in key]  # no whole-section entries that would swallow new fields
+    with pytest.raises(KeyError):
+        consumer_of("training.some_new_option")
 
 
 def test_registry_names_only_real_fields() -> None:

@@ -50,10 +50,13 @@ def test_exponent_floats_inside_flow_collections() -> None:
 
 
 def test_exponent_learning_rate_in_a_config_is_a_float(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           lr: 3e-4
-        """)
+        """,
+    )
     result = load_config(path)
     assert result.valid, result.issues
     assert result.config is not None
@@ -63,12 +66,15 @@ def test_exponent_learning_rate_in_a_config_is_a_float(tmp_path: Path) -> None:
 
 # -- duplicate keys and syntax errors ------------------------------------------------------------------------
 def test_duplicate_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
-    path = write(tmp_path / "dup.yaml", """
+    path = write(
+        tmp_path / "dup.yaml",
+        """
         training:
           lr: 1e-4
           batch_size: 4
           lr: 2e-4
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     assert result.config is None
@@ -83,14 +89,17 @@ def test_duplicate_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
 
 
 def test_duplicate_top_level_section_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "dup.yaml", """
+    path = write(
+        tmp_path / "dup.yaml",
+        """
         model:
           d_model: 512
           n_heads: 8
         model:
           d_model: 1024
           n_heads: 8
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = next(i for i in result.errors if "duplicate" in i.message)
@@ -99,11 +108,14 @@ def test_duplicate_top_level_section_is_an_error(tmp_path: Path) -> None:
 
 
 def test_syntax_error_reports_its_line_without_raising(tmp_path: Path) -> None:
-    path = write(tmp_path / "bad.yaml", """
+    path = write(
+        tmp_path / "bad.yaml",
+        """
         training:
           lr: 1e-4
          batch_size: 4
-        """)
+        """,
+    )
     result = load_config(path)  # must not raise
     assert not result.valid
     assert result.config is None
@@ -115,11 +127,14 @@ def test_syntax_error_reports_its_line_without_raising(tmp_path: Path) -> None:
 
 
 def test_unclosed_flow_sequence_is_a_syntax_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "bad.yaml", """
+    path = write(
+        tmp_path / "bad.yaml",
+        """
         training:
           betas: [0.9, 0.95
           lr: 1e-4
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     assert any("syntax" in i.message.lower() and i.line is not None for i in result.errors)
@@ -128,10 +143,13 @@ def test_unclosed_flow_sequence_is_a_syntax_error(tmp_path: Path) -> None:
 # -- ${env:...} interpolation -----------------------------------------------------------------------------
 def test_env_interpolation_uses_default_when_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STACKWISE_TEST_LR", raising=False)
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           learning_rate: ${env:STACKWISE_TEST_LR,1e-4}
-        """)
+        """,
+    )
     result = load_config(path)
     assert result.valid, result.issues
     assert result.config is not None
@@ -140,10 +158,13 @@ def test_env_interpolation_uses_default_when_unset(tmp_path: Path, monkeypatch: 
 
 def test_env_interpolation_uses_the_variable_when_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STACKWISE_TEST_LR", "2e-3")
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           learning_rate: ${env:STACKWISE_TEST_LR,1e-4}
-        """)
+        """,
+    )
     result = load_config(path)
     assert result.valid, result.issues
     assert result.config is not None
@@ -168,15 +189,16 @@ def test_reference_inside_a_string_is_substituted(monkeypatch: pytest.MonkeyPatc
     assert doc.data["run_id"] == "run-xyz"
 
 
-def test_unset_variable_without_default_is_an_error_at_its_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unset_variable_without_default_is_an_error_at_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STACKWISE_TEST_UNSET", raising=False)
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           batch_size: 4
           run_id: ${env:STACKWISE_TEST_UNSET}
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = next(i for i in result.errors if "STACKWISE_TEST_UNSET" in i.message)
@@ -187,10 +209,13 @@ def test_unset_variable_without_default_is_an_error_at_its_key(
 
 
 def test_non_env_interpolation_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         training:
           run_id: ${foo.bar}
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = result.errors[0]
@@ -208,13 +233,16 @@ def test_positions_of_nested_keys_in_the_document() -> None:
 
 
 def test_nested_key_issue_has_the_right_line_and_column(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         model:
           d_model: 512
           n_heads: 8
           mla:
             kv_lora_rank: 0
-        """)
+        """,
+    )
     result = load_config(path)
     assert not result.valid
     issue = next(i for i in result.errors if i.path == "model.mla.kv_lora_rank")
@@ -223,14 +251,17 @@ def test_nested_key_issue_has_the_right_line_and_column(tmp_path: Path) -> None:
 
 
 def test_second_section_field_issue_position(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         model:
           d_model: 512
           n_heads: 8
         training:
           seed: 1
           batch_size: 0
-        """)
+        """,
+    )
     result = load_config(path)
     issue = next(i for i in result.errors if i.path == "training.batch_size")
     assert (issue.line, issue.column) == (6, 3)
