@@ -5,7 +5,6 @@ Each guide example below is copied verbatim from ../shared/spec/ (its fixed form
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,9 @@ import yaml
 
 from stackwise.config import load_config
 from stackwise.config.errors import Issue
+from tests.helpers import write
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seed-configs"
-
-
-def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
 
 
 def line_of(path: Path, needle: str, nth: int = 1) -> int:

@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jsonschema
@@ -17,18 +16,13 @@ from typer.testing import CliRunner
 import stackwise
 from stackwise.cli import app
 from stackwise.config import SECTIONS, load_config
+from tests.helpers import write
 
 runner = CliRunner()
 
 
 def invoke(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "STACKWISE_CONFIG_DIR": None})
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

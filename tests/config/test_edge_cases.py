@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from stackwise.cli import app
 from stackwise.config import StackwiseConfig, load_config
-
-
-def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
-    path = tmp_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
+from tests.helpers import write
 
 
 def test_list_valued_override_is_not_a_glob(tmp_path: Path) -> None:

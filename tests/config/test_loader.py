@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from stackwise.config import SECTIONS, ConfigError, LoadResult, StackwiseConfig, load_config
 from stackwise.config.loader import COMMAND_LINE
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
+from tests.helpers import write
 
 
 def ok(result: LoadResult) -> StackwiseConfig:

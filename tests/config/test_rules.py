@@ -8,25 +8,19 @@ leading newline and common indentation, the first line of the YAML text is line 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from stackwise.config import ConfigError, Issue, LoadResult, StackwiseConfig, load_config
+from tests.helpers import write
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
-
-
 def load(tmp_path: Path, text: str) -> LoadResult:
-    return load_config(_write(tmp_path, text))
+    return load_config(write(tmp_path, text))
 
 
 def _dump(result: LoadResult) -> str:

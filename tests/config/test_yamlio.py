@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from stackwise.config import load_config
 from stackwise.config.yamlio import load_yaml_text
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
+from tests.helpers import write
 
 
 # -- scalars ---------------------------------------------------------------------------------------------
