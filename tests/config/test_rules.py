@@ -1,7 +1,7 @@
 """Validation rules of the config system: each test writes a YAML file that breaks one rule, loads it with
 `load_config`, and checks the issue's dotted path, its 1-based line, its severity and its message.
 
-Line numbers are those of the offending key in the YAML written by the test (after `_write` strips the
+Line numbers are those of the offending key in the YAML written by the test (after `write` strips the
 leading newline and common indentation, the first line of the YAML text is line 1).
 """
 
