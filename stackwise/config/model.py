@@ -116,6 +116,7 @@ class ModelConfig(Section):
     use_rope: bool = field(True, "Rotary position embeddings on queries and keys; false = learned absolute positions.")
     rope_theta: float = field(10000.0, "RoPE base frequency.", gt=0)
     tie_embeddings: bool = field(True, "Share the token embedding matrix with the output head.")
+    bias: bool = field(False, "Biases on the attention and MLP projections (GPT-2 has them, Llama does not).")
     initializer_range: float = field(0.02, "Standard deviation of the normal weight initialisation.", gt=0)
     attention_type: Annotated[
         Literal["standard", "gqa", "mla", "kernel"], synonyms({"mha": "standard", "multi_head": "standard"})

@@ -24,10 +24,37 @@ DISTRIBUTED = "stackwise.train distributed wrappers (DDP / FSDP)"
 DISTILL = "stackwise.train distillation (teacher losses)"
 EVALS = "stackwise.train benchmark evaluation"
 
-# Read today, by the config layer itself.
+# Read today. `model.attention_type` values mla and kernel are refused by the builder until they exist.
+BUILDER = "stackwise.models.builders.build_model"
 CONSUMED: dict[str, str] = {
     "model.name": "stackwise.config (label shown by `show` and `presets`)",
     "training.description": "stackwise.config (label shown by `show`)",
+    **{
+        f"model.{name}": BUILDER
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "d_ff",
+            "mlp_multiple",
+            "ffn_activation",
+            "norm_type",
+            "norm_eps",
+            "dropout",
+            "attention_dropout",
+            "max_seq_len",
+            "use_rope",
+            "rope_theta",
+            "tie_embeddings",
+            "bias",
+            "initializer_range",
+            "attention_type",
+            "attention_mode",
+        )
+    },
 }
 
 # The component that will consume each field not read yet. Every leaf field is named, or its sub-section
@@ -35,26 +62,6 @@ CONSUMED: dict[str, str] = {
 PLANNED: dict[str, tuple[str, ...]] = {
     MODELS: (
         "model.pretrained_name",
-        "model.vocab_size",
-        "model.d_model",
-        "model.n_layers",
-        "model.n_heads",
-        "model.n_kv_heads",
-        "model.head_dim",
-        "model.d_ff",
-        "model.mlp_multiple",
-        "model.ffn_activation",
-        "model.norm_type",
-        "model.norm_eps",
-        "model.dropout",
-        "model.attention_dropout",
-        "model.max_seq_len",
-        "model.use_rope",
-        "model.rope_theta",
-        "model.tie_embeddings",
-        "model.initializer_range",
-        "model.attention_type",
-        "model.attention_mode",
         "model.kernel_type",
         "model.kernel_dim",
         "model.mla",

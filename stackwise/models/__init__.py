@@ -1,6 +1,21 @@
-"""Model builders: transformer layers, attention variants, PEER, BitNet, LoRA (issue #3).
+"""Model builders: transformer layers (MHA/GQA, RoPE, RMSNorm/LayerNorm, GELU/SwiGLU) and Hugging Face interchange.
 
-Modules here take plain arguments (`d_model=768`), never a config object; `models/builders.py` will
-translate a `ModelConfig` into them. Nothing is built yet: `stackwise.config.support` lists every model
-setting as planned, and `stackwise train` refuses configs that set one.
+Modules take plain arguments (`d_model=768`), never a config object; `builders.build_model` is the one
+place that reads a `ModelConfig`. Importing this package imports torch (the config package never does).
 """
+
+from .builders import UnsupportedModelError, build_model, model_arguments
+from .hf import UnsupportedArchitectureError, from_hf, to_hf
+from .transformer import Transformer, TransformerLayer, transformer
+
+__all__ = [
+    "Transformer",
+    "TransformerLayer",
+    "UnsupportedArchitectureError",
+    "UnsupportedModelError",
+    "build_model",
+    "from_hf",
+    "model_arguments",
+    "to_hf",
+    "transformer",
+]

@@ -36,8 +36,20 @@ def test_defaults_set_nothing_unsupported() -> None:
 
 
 def test_set_fields_not_consumed_are_refused() -> None:
-    cfg = StackwiseConfig.from_dict({"model": {"name": "x", "d_model": 64, "n_heads": 4}, "training": {"lr": 1e-3}})
+    cfg = StackwiseConfig.from_dict(
+        {
+            "model": {
+                "name": "x",
+                "d_model": 64,
+                "n_heads": 4,
+                "use_peer": True,
+                "peer_start_layer": 1,
+                "peer": {"num_experts": 16, "product_key_dim": [4, 4], "num_experts_per_tok": 2, "query_dim": 8},
+            },
+            "training": {"lr": 1e-3},
+        }
+    )
     issues = {i.path: i.message for i in unsupported_settings(cfg)}
-    assert "model.name" not in issues  # read by the config layer itself
-    assert "issue #3" in issues["model.d_model"]
+    assert "model.name" not in issues and "model.d_model" not in issues  # read by the config layer / the builder
+    assert "issue #3" in issues["model.use_peer"]
     assert issues["training.learning_rate"].startswith("`training.learning_rate` is not supported yet")

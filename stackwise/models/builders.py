@@ -1,0 +1,61 @@
+"""`build_model`: the one place that translates a `ModelConfig` into module arguments.
+
+Settings whose modules are not built yet (MLA, kernel attention, PEER, BitNet, SubLN, pretrained
+embeddings) are refused with a clear error rather than ignored.
+"""
+
+from __future__ import annotations
+
+from ..config.model import ModelConfig
+from .transformer import Transformer, transformer
+
+GPT2_VOCAB = 50257
+
+
+class UnsupportedModelError(ValueError):
+    """The config asks for a model feature stackwise does not build yet."""
+
+
+def _refuse_unbuilt(cfg: ModelConfig) -> None:
+    unbuilt = {
+        "model.attention_type": cfg.attention_type if cfg.attention_type in ("mla", "kernel") else None,
+        "model.use_peer": cfg.use_peer or None,
+        "model.quantization": cfg.quantization,
+        "model.subln.enabled": cfg.subln.enabled or None,
+        "model.tokenizer_embedding": cfg.tokenizer_embedding,
+        "model.pretrained_name": cfg.pretrained_name,
+    }
+    given = [f"{path}: {value!r}" for path, value in unbuilt.items() if value is not None]
+    if given:
+        raise UnsupportedModelError("not supported yet by the model builder: " + "; ".join(given))
+
+
+def model_arguments(cfg: ModelConfig, vocab_size: int | None = None) -> dict:
+    """The keyword arguments of `transformer(...)` for this config (vocab_size: the tokenizer's when null)."""
+    _refuse_unbuilt(cfg)
+    return dict(
+        vocab_size=cfg.vocab_size or vocab_size or GPT2_VOCAB,
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.kv_heads,
+        head_dim=cfg.resolved_head_dim,
+        d_ff=cfg.resolved_d_ff,
+        activation=cfg.ffn_activation,
+        norm=cfg.norm_type,
+        norm_eps=cfg.norm_eps,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        max_seq_len=cfg.max_seq_len,
+        use_rope=cfg.use_rope,
+        rope_theta=cfg.rope_theta,
+        tie_embeddings=cfg.tie_embeddings,
+        bias=cfg.bias,
+        causal=cfg.attention_mode == "causal",
+        initializer_range=cfg.initializer_range,
+    )
+
+
+def build_model(cfg: ModelConfig, vocab_size: int | None = None) -> Transformer:
+    """The model a `ModelConfig` describes, freshly initialised."""
+    return transformer(**model_arguments(cfg, vocab_size))

@@ -1,0 +1,132 @@
+"""Transformer building blocks: norms, rotary embeddings, attention, MLPs. Plain arguments, no config objects.
+
+Shapes: B batch, T sequence, D d_model, H query heads, Hkv key/value heads, Dh head dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 (as Llama does) and cast back."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """`rmsnorm` or `layernorm` (with bias, as GPT-2)."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; expected rmsnorm or layernorm")
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotary position embeddings over `dim` dimensions (half-split layout, as Llama)."""
+
+    def __init__(self, dim: int, max_seq_len: int, theta: float = 10000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"RoPE needs an even dimension, got {dim}")
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (T, dim/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, dim)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, seq_len: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if offset + seq_len > self.cos.shape[0]:
+            raise ValueError(f"sequence of {offset + seq_len} tokens is longer than max_seq_len {self.cos.shape[0]}")
+        return self.cos[offset : offset + seq_len], self.sin[offset : offset + seq_len]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` (B, H, T, Dr) by position: each pair (i, i + Dr/2) turns by its angle."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, Dr), broadcast over B and H
+    return x * cos + _rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention (n_kv_heads < n_heads shares each K/V head among a group)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        *,
+        causal: bool = True,
+        bias: bool = False,
+        dropout: float = 0.0,
+        rope: RotaryEmbedding | None = None,
+    ):
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        if n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        self.head_dim = head_dim or d_model // n_heads
+        self.causal = causal
+        self.dropout = dropout
+        self.rope = rope
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if self.rope is not None:
+            cos, sin = self.rope(T)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=self.causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,  # K/V heads are shared, not repeated in memory
+        )  # (B, H, T, Dh)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """`gelu`: GPT-2's fc -> tanh-GELU -> proj. `silu` (SwiGLU) and `relu2`: gated, down(act(gate(x)) * up(x))."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "silu", *, bias: bool = False):
+        super().__init__()
+        if activation not in ("gelu", "silu", "relu2"):
+            raise ValueError(f"unknown activation {activation!r}; expected gelu, silu or relu2")
+        self.activation = activation
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if activation != "gelu" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is None:
+            return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+        gate = self.gate_proj(x)
+        act = F.silu(gate) if self.activation == "silu" else F.relu(gate).square()
+        return self.down_proj(act * self.up_proj(x))
