@@ -6,6 +6,7 @@ import typer
 
 from .. import __version__
 from .config_commands import register
+from .model_commands import model_app
 
 app = typer.Typer(
     name="stackwise",
@@ -32,6 +33,7 @@ def _root(
 
 
 register(app)
+app.add_typer(model_app, name="model")
 
 
 def main() -> None:

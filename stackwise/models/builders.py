@@ -7,7 +7,7 @@ embeddings) are refused with a clear error rather than ignored.
 from __future__ import annotations
 
 from ..config.model import ModelConfig
-from .transformer import Transformer, transformer
+from .network import Transformer, transformer
 
 GPT2_VOCAB = 50257
 

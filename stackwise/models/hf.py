@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .transformer import Transformer, transformer
+from .network import Transformer, transformer
 
 
 class UnsupportedArchitectureError(ValueError):

@@ -20,9 +20,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        wide = x.to(torch.promote_types(dtype, torch.float32))  # at least float32; float64 stays float64
+        wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * wide.to(dtype)
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -35,7 +35,11 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for rotary position embeddings over `dim` dimensions (half-split layout, as Llama)."""
+    """cos/sin tables for rotary position embeddings over `dim` dimensions (half-split layout, as Llama).
+
+    The tables are float64 and deliberately not buffers: `model.to(torch.bfloat16)` would round them, and
+    bf16 angles are wrong by whole degrees at long positions. They are cast to the input's dtype at use.
+    """
 
     def __init__(self, dim: int, max_seq_len: int, theta: float = 10000.0):
         super().__init__()
@@ -44,13 +48,22 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (T, dim/2)
         angles = torch.cat([angles, angles], dim=-1)  # (T, dim)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.max_seq_len = max_seq_len
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {
+            torch.device("cpu"): (angles.cos(), angles.sin())
+        }
 
-    def forward(self, seq_len: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        if offset + seq_len > self.cos.shape[0]:
-            raise ValueError(f"sequence of {offset + seq_len} tokens is longer than max_seq_len {self.cos.shape[0]}")
-        return self.cos[offset : offset + seq_len], self.sin[offset : offset + seq_len]
+    def forward(
+        self, seq_len: int, offset: int = 0, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if offset + seq_len > self.max_seq_len:
+            raise ValueError(f"sequence of {offset + seq_len} tokens is longer than max_seq_len {self.max_seq_len}")
+        device = torch.device(device or "cpu")
+        if device not in self._tables:
+            cos, sin = self._tables[torch.device("cpu")]
+            self._tables[device] = (cos.to(device), sin.to(device))
+        cos, sin = self._tables[device]
+        return cos[offset : offset + seq_len], sin[offset : offset + seq_len]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +112,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         if self.rope is not None:
-            cos, sin = self.rope(T)
+            cos, sin = self.rope(T, device=x.device)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = F.scaled_dot_product_attention(
             q,
