@@ -24,7 +24,7 @@ DISTRIBUTED = "stackwise.train distributed wrappers (DDP / FSDP)"
 DISTILL = "stackwise.train distillation (teacher losses)"
 EVALS = "stackwise.train benchmark evaluation"
 
-# Read today. `model.attention_type` values mla and kernel are refused by the builder until they exist.
+# Read today. `model.attention_type: kernel` is refused by the builder until kernel attention exists.
 BUILDER = "stackwise.models.builders.build_model"
 CONSUMED: dict[str, str] = {
     "model.name": "stackwise.config (label shown by `show` and `presets`)",
@@ -53,6 +53,11 @@ CONSUMED: dict[str, str] = {
             "initializer_range",
             "attention_type",
             "attention_mode",
+            "mla.q_lora_rank",
+            "mla.kv_lora_rank",
+            "mla.qk_rope_head_dim",
+            "mla.qk_nope_head_dim",
+            "mla.v_head_dim",
         )
     },
 }
@@ -64,7 +69,6 @@ PLANNED: dict[str, tuple[str, ...]] = {
         "model.pretrained_name",
         "model.kernel_type",
         "model.kernel_dim",
-        "model.mla",
         "model.use_peer",
         "model.peer_start_layer",
         "model.peer",

@@ -1,6 +1,6 @@
 """`build_model`: the one place that translates a `ModelConfig` into module arguments.
 
-Settings whose modules are not built yet (MLA, kernel attention, PEER, BitNet, SubLN, pretrained
+Settings whose modules are not built yet (kernel attention, PEER, BitNet, SubLN, pretrained
 embeddings) are refused with a clear error rather than ignored.
 """
 
@@ -18,7 +18,7 @@ class UnsupportedModelError(ValueError):
 
 def _refuse_unbuilt(cfg: ModelConfig) -> None:
     unbuilt = {
-        "model.attention_type": cfg.attention_type if cfg.attention_type in ("mla", "kernel") else None,
+        "model.attention_type": cfg.attention_type if cfg.attention_type == "kernel" else None,
         "model.use_peer": cfg.use_peer or None,
         "model.quantization": cfg.quantization,
         "model.subln.enabled": cfg.subln.enabled or None,
@@ -53,6 +53,22 @@ def model_arguments(cfg: ModelConfig, vocab_size: int | None = None) -> dict:
         bias=cfg.bias,
         causal=cfg.attention_mode == "causal",
         initializer_range=cfg.initializer_range,
+        **_mla_arguments(cfg),
+    )
+
+
+def _mla_arguments(cfg: ModelConfig) -> dict:
+    if cfg.attention_type != "mla":
+        return {}
+    if not cfg.use_rope:
+        raise UnsupportedModelError("model.use_rope: false with attention_type mla: MLA's decoupled RoPE is part of it")
+    return dict(
+        attention="mla",
+        q_lora_rank=cfg.mla.q_lora_rank,
+        kv_lora_rank=cfg.mla.kv_lora_rank,
+        qk_rope_head_dim=cfg.mla.qk_rope_head_dim,
+        qk_nope_head_dim=cfg.mla.qk_nope_head_dim,
+        v_head_dim=cfg.mla.v_head_dim,
     )
 
 

@@ -1,5 +1,6 @@
-"""Hugging Face interchange: `from_hf` copies a `transformers` GPT-2 or Llama model into a stackwise model;
-`to_hf` writes a stackwise model of those architectures as a `save_pretrained` directory.
+"""Hugging Face interchange: `from_hf` copies a `transformers` GPT-2, Llama or DeepSeek-V3 (MLA, dense MLPs)
+model into a stackwise model; `to_hf` writes a stackwise model of those architectures as a `save_pretrained`
+directory.
 
 transformers is imported here only, when these functions are called.
 """
@@ -25,7 +26,9 @@ def from_hf(hf_model: Any) -> Transformer:
         return _from_gpt2(hf_model)
     if kind == "llama":
         return _from_llama(hf_model)
-    raise UnsupportedArchitectureError(f"from_hf supports gpt2 and llama models, not {kind!r}")
+    if kind == "deepseek_v3":
+        return _from_deepseek_v3(hf_model)
+    raise UnsupportedArchitectureError(f"from_hf supports gpt2, llama and deepseek_v3 models, not {kind!r}")
 
 
 def to_hf(model: Transformer, path: str | Path) -> Path:
@@ -33,6 +36,8 @@ def to_hf(model: Transformer, path: str | Path) -> Path:
     arch = model.arch
     if arch.get("norm") == "layernorm" and not arch.get("use_rope"):
         hf = _to_gpt2(model)
+    elif arch.get("attention") == "mla":
+        hf = _to_deepseek_v3(model)
     elif arch.get("norm") == "rmsnorm" and arch.get("use_rope"):
         hf = _to_llama(model)
     else:
@@ -252,6 +257,150 @@ def _to_llama(model: Transformer) -> Any:
     hf = LlamaForCausalLM(config)
     state = hf.state_dict()
     for name, tensor in _llama_pairs(model):
+        state[name].copy_(tensor)
+    hf.tie_weights()
+    return hf
+
+
+# -- DeepSeek-V3 (multi-head latent attention, dense MLPs) -----------------------------------------------------------
+# DeepSeek-V3 rotates interleaved pairs (x0, x1), (x2, x3), ... when config.rope_interleave is true; stackwise
+# rotates the half-split pairs (i, i + d/2). Permuting the rotary rows of the projections that produce them
+# turns one layout into the other exactly, so weights are permuted on import and exported with
+# rope_interleave=False.
+
+
+def _rope_rows(total: int, start: int, rot: int, period: int | None = None) -> torch.Tensor:
+    """Row order that de-interleaves the rotary rows [start, start + rot) of every `period`-row head."""
+    order = torch.arange(total)
+    period = period or total
+    inner = torch.cat([torch.arange(0, rot, 2), torch.arange(1, rot, 2)])
+    for head in range(total // period):
+        base = head * period + start
+        order[base : base + rot] = base + inner
+    return order
+
+
+def _deepseek_arch(config: Any) -> dict[str, Any]:
+    rope = getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": config.rope_theta}
+    if rope.get("rope_type", "default") != "default":
+        raise UnsupportedArchitectureError(
+            f"DeepSeek-V3 rope_type {rope.get('rope_type')!r} is not mapped (only default)"
+        )
+    if config.first_k_dense_replace < config.num_hidden_layers:
+        raise UnsupportedArchitectureError(
+            "DeepSeek-V3 MoE layers are not mapped: set first_k_dense_replace = num_hidden_layers"
+        )
+    if config.hidden_act != "silu":
+        raise UnsupportedArchitectureError(f"DeepSeek-V3 hidden_act {config.hidden_act!r}: only silu is mapped")
+    if config.attention_bias:
+        raise UnsupportedArchitectureError(
+            "DeepSeek-V3 with attention_bias is not mapped (stackwise biases every projection)"
+        )
+    return dict(
+        vocab_size=config.vocab_size,
+        d_model=config.hidden_size,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        d_ff=config.intermediate_size,
+        activation="silu",
+        norm="rmsnorm",
+        norm_eps=config.rms_norm_eps,
+        attention_dropout=config.attention_dropout,
+        max_seq_len=config.max_position_embeddings,
+        use_rope=True,
+        rope_theta=float(rope["rope_theta"]),
+        tie_embeddings=bool(config.tie_word_embeddings),
+        bias=bool(config.attention_bias),
+        causal=True,
+        initializer_range=config.initializer_range,
+        attention="mla",
+        q_lora_rank=config.q_lora_rank,
+        kv_lora_rank=config.kv_lora_rank,
+        qk_rope_head_dim=config.qk_rope_head_dim,
+        qk_nope_head_dim=config.qk_nope_head_dim,
+        v_head_dim=config.v_head_dim,
+    )
+
+
+def _deepseek_pairs(model: Transformer) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """(hf name, stackwise tensor, row order of the interleaved layout or None)."""
+    a = model.arch
+    qk = a["qk_nope_head_dim"] + a["qk_rope_head_dim"]
+    q_rows = _rope_rows(a["n_heads"] * qk, a["qk_nope_head_dim"], a["qk_rope_head_dim"], qk)
+    kv_rows = _rope_rows(a["kv_lora_rank"] + a["qk_rope_head_dim"], a["kv_lora_rank"], a["qk_rope_head_dim"])
+    pairs: list[tuple[str, torch.Tensor, torch.Tensor | None]] = [
+        ("model.embed_tokens.weight", model.embed.weight, None),
+        ("model.norm.weight", model.norm.weight, None),
+    ]
+    if not a["tie_embeddings"]:
+        pairs.append(("lm_head.weight", model.head.weight, None))
+    for i, layer in enumerate(model.layers):
+        p, attn, mlp = f"model.layers.{i}", layer.attn, layer.mlp
+        if attn.q_proj is not None:
+            pairs.append((f"{p}.self_attn.q_proj.weight", attn.q_proj.weight, q_rows))
+        else:
+            pairs += [
+                (f"{p}.self_attn.q_a_proj.weight", attn.q_a_proj.weight, None),
+                (f"{p}.self_attn.q_a_layernorm.weight", attn.q_norm.weight, None),
+                (f"{p}.self_attn.q_b_proj.weight", attn.q_b_proj.weight, q_rows),
+            ]
+        pairs += [
+            (f"{p}.self_attn.kv_a_proj_with_mqa.weight", attn.kv_a_proj.weight, kv_rows),
+            (f"{p}.self_attn.kv_a_layernorm.weight", attn.kv_norm.weight, None),
+            (f"{p}.self_attn.kv_b_proj.weight", attn.kv_b_proj.weight, None),
+            (f"{p}.self_attn.o_proj.weight", attn.o_proj.weight, None),
+            (f"{p}.mlp.gate_proj.weight", mlp.gate_proj.weight, None),
+            (f"{p}.mlp.up_proj.weight", mlp.up_proj.weight, None),
+            (f"{p}.mlp.down_proj.weight", mlp.down_proj.weight, None),
+            (f"{p}.input_layernorm.weight", layer.norm1.weight, None),
+            (f"{p}.post_attention_layernorm.weight", layer.norm2.weight, None),
+        ]
+    return pairs
+
+
+@torch.no_grad()
+def _from_deepseek_v3(hf_model: Any) -> Transformer:
+    model = transformer(**_deepseek_arch(hf_model.config))
+    interleaved = bool(getattr(hf_model.config, "rope_interleave", True))
+    hf = hf_model.state_dict()
+    for name, target, rows in _deepseek_pairs(model):
+        source = hf[name]
+        target.copy_(source[rows] if rows is not None and interleaved else source)
+    return model
+
+
+@torch.no_grad()
+def _to_deepseek_v3(model: Transformer) -> Any:
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    a = model.arch
+    if a["activation"] != "silu" or not a["causal"] or a["norm"] != "rmsnorm" or a["bias"]:
+        raise UnsupportedArchitectureError("DeepSeek-V3 export needs SwiGLU MLPs, RMSNorm, causal attention, no biases")
+    config = DeepseekV3Config(
+        vocab_size=a["vocab_size"],
+        hidden_size=a["d_model"],
+        intermediate_size=a["d_ff"],
+        num_hidden_layers=a["n_layers"],
+        num_attention_heads=a["n_heads"],
+        num_key_value_heads=a["n_heads"],
+        q_lora_rank=a["q_lora_rank"],
+        kv_lora_rank=a["kv_lora_rank"],
+        qk_rope_head_dim=a["qk_rope_head_dim"],
+        qk_nope_head_dim=a["qk_nope_head_dim"],
+        v_head_dim=a["v_head_dim"],
+        first_k_dense_replace=a["n_layers"],
+        rope_interleave=False,
+        max_position_embeddings=a["max_seq_len"],
+        rms_norm_eps=a["norm_eps"],
+        rope_theta=a["rope_theta"],
+        tie_word_embeddings=a["tie_embeddings"],
+        attention_bias=a["bias"],
+        attention_dropout=a["attention_dropout"],
+        initializer_range=a["initializer_range"],
+    )
+    hf = DeepseekV3ForCausalLM(config)
+    state = hf.state_dict()
+    for name, tensor, _ in _deepseek_pairs(model):
         state[name].copy_(tensor)
     hf.tie_weights()
     return hf

@@ -143,3 +143,64 @@ class MLP(nn.Module):
         gate = self.gate_proj(x)
         act = F.silu(gate) if self.activation == "silu" else F.relu(gate).square()
         return self.down_proj(act * self.up_proj(x))
+
+
+class LatentAttention(nn.Module):
+    """DeepSeek-style multi-head latent attention (MLA).
+
+    Queries come through an optional low-rank bottleneck (q_lora_rank); keys and values are rebuilt from a
+    shared compressed latent (kv_lora_rank, the KV cache in inference). RoPE is decoupled: each query head
+    has qk_rope_head_dim rotated dimensions, and one rotated key part is shared by all heads. The latent
+    norms use eps 1e-6, as DeepSeek-V3 does.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        q_lora_rank: int | None,
+        kv_lora_rank: int,
+        qk_rope_head_dim: int,
+        qk_nope_head_dim: int,
+        v_head_dim: int,
+        rope: RotaryEmbedding,
+        causal: bool = True,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.n_heads, self.causal, self.dropout, self.rope = n_heads, causal, dropout, rope
+        self.nope, self.rot, self.v_dim, self.kv_rank = qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank
+        qk = qk_nope_head_dim + qk_rope_head_dim
+        if q_lora_rank:
+            self.q_a_proj = nn.Linear(d_model, q_lora_rank, bias=bias)
+            self.q_norm = RMSNorm(q_lora_rank, 1e-6)
+            self.q_b_proj = nn.Linear(q_lora_rank, n_heads * qk, bias=False)
+            self.q_proj = None
+        else:
+            self.q_a_proj = self.q_norm = self.q_b_proj = None
+            self.q_proj = nn.Linear(d_model, n_heads * qk, bias=False)
+        self.kv_a_proj = nn.Linear(d_model, kv_lora_rank + qk_rope_head_dim, bias=bias)
+        self.kv_norm = RMSNorm(kv_lora_rank, 1e-6)
+        self.kv_b_proj = nn.Linear(kv_lora_rank, n_heads * (qk_nope_head_dim + v_head_dim), bias=False)
+        self.o_proj = nn.Linear(n_heads * v_head_dim, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        H = self.n_heads
+        q = self.q_proj(x) if self.q_proj is not None else self.q_b_proj(self.q_norm(self.q_a_proj(x)))
+        q = q.view(B, T, H, self.nope + self.rot).transpose(1, 2)  # (B, H, T, Dnope + Drope)
+        q_nope, q_rot = q.split([self.nope, self.rot], dim=-1)
+        latent, k_rot = self.kv_a_proj(x).split([self.kv_rank, self.rot], dim=-1)  # (B, T, R), (B, T, Drope)
+        kv = self.kv_b_proj(self.kv_norm(latent)).view(B, T, H, self.nope + self.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, T, Dnope), (B, H, T, Dv)
+        cos, sin = self.rope(T, device=x.device)
+        q_rot = apply_rope(q_rot, cos, sin)
+        k_rot = apply_rope(k_rot.unsqueeze(1), cos, sin).expand(B, H, T, self.rot)  # one rotated key, all heads
+        q = torch.cat([q_nope, q_rot], dim=-1)
+        k = torch.cat([k_nope, k_rot], dim=-1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, Dv); scale 1/sqrt(Dnope + Drope)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import MLP, Attention, RotaryEmbedding, make_norm
+from .layers import MLP, Attention, LatentAttention, RotaryEmbedding, make_norm
 
 
 class TransformerLayer(nn.Module):
@@ -99,17 +99,49 @@ def transformer(
     bias: bool = False,
     causal: bool = True,
     initializer_range: float = 0.02,
+    attention: str = "standard",
+    q_lora_rank: int | None = None,
+    kv_lora_rank: int | None = None,
+    qk_rope_head_dim: int | None = None,
+    qk_nope_head_dim: int | None = None,
+    v_head_dim: int | None = None,
 ) -> Transformer:
-    """A decoder (causal) or bidirectional transformer with MHA/GQA, RoPE or learned positions, and pre-norm."""
+    """A decoder (causal) or bidirectional transformer with MHA/GQA, or MLA (`attention="mla"` with the
+    q_lora_rank ... v_head_dim arguments), RoPE or learned positions, and pre-norm."""
     arch = {k: v for k, v in locals().items()}
     head_dim = head_dim or d_model // n_heads
     d_ff = d_ff or 4 * d_model
-    rope = RotaryEmbedding(head_dim, max_seq_len, rope_theta) if use_rope else None
+    if attention == "mla":
+        if not use_rope:
+            raise ValueError("MLA's decoupled RoPE is part of the attention: use_rope must be true")
+        rope = RotaryEmbedding(qk_rope_head_dim, max_seq_len, rope_theta)
+
+        def make_attention() -> nn.Module:
+            return LatentAttention(
+                d_model,
+                n_heads,
+                q_lora_rank=q_lora_rank,
+                kv_lora_rank=kv_lora_rank,
+                qk_rope_head_dim=qk_rope_head_dim,
+                qk_nope_head_dim=qk_nope_head_dim,
+                v_head_dim=v_head_dim,
+                rope=rope,
+                causal=causal,
+                bias=bias,
+                dropout=attention_dropout,
+            )
+    elif attention == "standard":
+        rope = RotaryEmbedding(head_dim, max_seq_len, rope_theta) if use_rope else None
+
+        def make_attention() -> nn.Module:
+            return Attention(
+                d_model, n_heads, n_kv_heads, head_dim, causal=causal, bias=bias, dropout=attention_dropout, rope=rope
+            )
+    else:
+        raise ValueError(f"unknown attention {attention!r}; expected standard or mla")
     layers = [
         TransformerLayer(
-            Attention(
-                d_model, n_heads, n_kv_heads, head_dim, causal=causal, bias=bias, dropout=attention_dropout, rope=rope
-            ),
+            make_attention(),
             MLP(d_model, d_ff, activation, bias=bias),
             make_norm(norm, d_model, norm_eps),
             make_norm(norm, d_model, norm_eps),

@@ -68,7 +68,7 @@ def _attention(cfg: StackwiseConfig) -> tuple[int, str]:
             + a.kv_lora_rank
             + a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
         )
-        return q + kv + h * a.v_head_dim * d, "MLA (DeepSeek-V3 layout; module not built yet)"
+        return q + kv + h * a.v_head_dim * d, ""
     hd, hkv = m.resolved_head_dim, m.kv_heads
     params = d * h * hd + 2 * d * hkv * hd + h * hd * d
     if m.bias:

@@ -40,11 +40,41 @@ def llama(**overrides):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).eval()
 
 
+def deepseek_v3(**overrides):
+    fields = dict(
+        vocab_size=101,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=12,
+        v_head_dim=10,
+        first_k_dense_replace=2,  # dense MLPs in every layer
+        max_position_embeddings=32,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+    )
+    fields.update(overrides)
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**fields)).eval()
+    with torch.no_grad():  # norms start at 1; perturb them so a swapped or skipped norm shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
 CASES = {
     "gpt2": gpt2,
     "llama-gqa": llama,
     "llama-mha-tied": lambda: llama(num_key_value_heads=4, tie_word_embeddings=True),
     "llama-bias-headdim": lambda: llama(attention_bias=True, mlp_bias=True, head_dim=24),
+    "deepseek-v3-mla": deepseek_v3,
+    "deepseek-v3-mla-no-q-lora": lambda: deepseek_v3(q_lora_rank=None, rope_interleave=False),
 }
 
 
