@@ -24,7 +24,7 @@ DISTRIBUTED = "stackwise.train distributed wrappers (DDP / FSDP)"
 DISTILL = "stackwise.train distillation (teacher losses)"
 EVALS = "stackwise.train benchmark evaluation"
 
-# Read today. `model.attention_type: kernel` is refused by the builder until kernel attention exists.
+# Read today.
 BUILDER = "stackwise.models.builders.build_model"
 CONSUMED: dict[str, str] = {
     "model.name": "stackwise.config (label shown by `show` and `presets`)",
@@ -58,6 +58,8 @@ CONSUMED: dict[str, str] = {
             "mla.qk_rope_head_dim",
             "mla.qk_nope_head_dim",
             "mla.v_head_dim",
+            "kernel_type",
+            "kernel_dim",
         )
     },
 }
@@ -67,8 +69,6 @@ CONSUMED: dict[str, str] = {
 PLANNED: dict[str, tuple[str, ...]] = {
     MODELS: (
         "model.pretrained_name",
-        "model.kernel_type",
-        "model.kernel_dim",
         "model.use_peer",
         "model.peer_start_layer",
         "model.peer",

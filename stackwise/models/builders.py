@@ -1,6 +1,6 @@
 """`build_model`: the one place that translates a `ModelConfig` into module arguments.
 
-Settings whose modules are not built yet (kernel attention, PEER, BitNet, SubLN, pretrained
+Settings whose modules are not built yet (PEER, BitNet, SubLN, pretrained
 embeddings) are refused with a clear error rather than ignored.
 """
 
@@ -18,7 +18,6 @@ class UnsupportedModelError(ValueError):
 
 def _refuse_unbuilt(cfg: ModelConfig) -> None:
     unbuilt = {
-        "model.attention_type": cfg.attention_type if cfg.attention_type == "kernel" else None,
         "model.use_peer": cfg.use_peer or None,
         "model.quantization": cfg.quantization,
         "model.subln.enabled": cfg.subln.enabled or None,
@@ -53,11 +52,13 @@ def model_arguments(cfg: ModelConfig, vocab_size: int | None = None) -> dict:
         bias=cfg.bias,
         causal=cfg.attention_mode == "causal",
         initializer_range=cfg.initializer_range,
-        **_mla_arguments(cfg),
+        **_attention_arguments(cfg),
     )
 
 
-def _mla_arguments(cfg: ModelConfig) -> dict:
+def _attention_arguments(cfg: ModelConfig) -> dict:
+    if cfg.attention_type == "kernel":
+        return dict(attention="kernel", kernel_feature_map=cfg.kernel_type, kernel_dim=cfg.kernel_dim)
     if cfg.attention_type != "mla":
         return {}
     if not cfg.use_rope:

@@ -204,3 +204,76 @@ class LatentAttention(nn.Module):
             q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, Dv); scale 1/sqrt(Dnope + Drope)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+
+class KernelAttention(nn.Module):
+    """Linear-time attention: softmax(q k^T) replaced by phi(q) phi(k)^T for a positive feature map phi.
+
+    out_t = sum_s phi(q_t).phi(k_s) v_s / sum_s phi(q_t).phi(k_s), over s <= t (causal, by prefix sums) or all s.
+    Feature maps: `elu` (elu + 1), `relu`, or `gaussian` (positive random features of the softmax kernel,
+    Performer-style, `feature_dim` fixed random directions). With RoPE, the numerator uses rotated features
+    and the denominator unrotated ones (RoFormer, eq. 19), which keeps the denominator positive.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        *,
+        feature_map: str = "elu",
+        feature_dim: int | None = None,
+        causal: bool = True,
+        bias: bool = False,
+        rope: RotaryEmbedding | None = None,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if feature_map not in ("elu", "relu", "gaussian"):
+            raise ValueError(f"unknown feature map {feature_map!r}; expected elu, relu or gaussian")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads or n_heads
+        self.head_dim = head_dim or d_model // n_heads
+        self.feature_map, self.causal, self.rope, self.eps = feature_map, causal, rope, eps
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        if feature_map == "gaussian":
+            m = feature_dim or self.head_dim
+            if rope is not None and m % 2:
+                raise ValueError(f"RoPE on gaussian features needs an even feature_dim, got {m}")
+            generator = torch.Generator().manual_seed(0)
+            self.register_buffer("projection", torch.randn(self.head_dim, m, generator=generator))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(x) for x (..., Dh): positive features (..., F)."""
+        if self.feature_map == "elu":
+            return F.elu(x) + 1
+        if self.feature_map == "relu":
+            return F.relu(x)
+        x = x / self.head_dim**0.25  # the softmax kernel exp(q.k / sqrt(Dh)), split between q and k
+        proj = x @ self.projection.to(x.dtype)  # (..., m)
+        return torch.exp(proj - x.pow(2).sum(-1, keepdim=True) / 2) / self.projection.shape[1] ** 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        group = self.n_heads // self.n_kv_heads
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, T, Dh)
+        fq, fk = self.features(q), self.features(k)  # (B, H, T, F)
+        nq, nk = fq, fk
+        if self.rope is not None:
+            cos, sin = self.rope(T, device=x.device)
+            nq, nk = apply_rope(fq, cos, sin), apply_rope(fk, cos, sin)
+        if self.causal:
+            kv = torch.cumsum(nk.unsqueeze(-1) * v.unsqueeze(-2), dim=2)  # (B, H, T, F, Dh): prefix sums
+            num = (nq.unsqueeze(-2) @ kv).squeeze(-2)  # (B, H, T, Dh)
+            den = (fq * torch.cumsum(fk, dim=2)).sum(-1, keepdim=True)  # (B, H, T, 1)
+        else:
+            num = nq @ (nk.transpose(-1, -2) @ v)  # (B, H, T, Dh)
+            den = (fq * fk.sum(dim=2, keepdim=True)).sum(-1, keepdim=True)
+        out = num / (den + self.eps)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

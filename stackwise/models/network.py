@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import MLP, Attention, LatentAttention, RotaryEmbedding, make_norm
+from .layers import MLP, Attention, KernelAttention, LatentAttention, RotaryEmbedding, make_norm
 
 
 class TransformerLayer(nn.Module):
@@ -105,9 +105,12 @@ def transformer(
     qk_rope_head_dim: int | None = None,
     qk_nope_head_dim: int | None = None,
     v_head_dim: int | None = None,
+    kernel_feature_map: str = "elu",
+    kernel_dim: int | None = None,
 ) -> Transformer:
-    """A decoder (causal) or bidirectional transformer with MHA/GQA, or MLA (`attention="mla"` with the
-    q_lora_rank ... v_head_dim arguments), RoPE or learned positions, and pre-norm."""
+    """A decoder (causal) or bidirectional transformer with MHA/GQA, MLA (`attention="mla"` with the
+    q_lora_rank ... v_head_dim arguments) or linear-time kernel attention (`attention="kernel"`), RoPE or
+    learned positions, and pre-norm."""
     arch = {k: v for k, v in locals().items()}
     head_dim = head_dim or d_model // n_heads
     d_ff = d_ff or 4 * d_model
@@ -137,8 +140,24 @@ def transformer(
             return Attention(
                 d_model, n_heads, n_kv_heads, head_dim, causal=causal, bias=bias, dropout=attention_dropout, rope=rope
             )
+    elif attention == "kernel":
+        features = kernel_dim or head_dim if kernel_feature_map == "gaussian" else head_dim
+        rope = RotaryEmbedding(features, max_seq_len, rope_theta) if use_rope else None
+
+        def make_attention() -> nn.Module:
+            return KernelAttention(
+                d_model,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                feature_map=kernel_feature_map,
+                feature_dim=kernel_dim,
+                causal=causal,
+                bias=bias,
+                rope=rope,
+            )
     else:
-        raise ValueError(f"unknown attention {attention!r}; expected standard or mla")
+        raise ValueError(f"unknown attention {attention!r}; expected standard, mla or kernel")
     layers = [
         TransformerLayer(
             make_attention(),

@@ -546,7 +546,6 @@ def test_build_model_rope_theta() -> None:
 @pytest.mark.parametrize(
     "overrides,setting",
     [
-        (dict(attention_type="kernel"), "model.attention_type"),
         (dict(use_peer=True), "model.use_peer"),
         (dict(quantization={}), "model.quantization"),
         (dict(subln={"enabled": True}), "model.subln.enabled"),
