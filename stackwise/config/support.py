@@ -60,6 +60,8 @@ CONSUMED: dict[str, str] = {
             "mla.v_head_dim",
             "kernel_type",
             "kernel_dim",
+            "quantization",
+            "subln",
         )
     },
 }
@@ -72,8 +74,6 @@ PLANNED: dict[str, tuple[str, ...]] = {
         "model.use_peer",
         "model.peer_start_layer",
         "model.peer",
-        "model.quantization",
-        "model.subln",
         "model.tokenizer_embedding",
     ),
     KERNELS: ("model.attention_kernel", "model.peer_kernel"),
@@ -194,11 +194,11 @@ def field_paths(model: type[BaseModel] = StackwiseConfig, prefix: str = "") -> l
 
 def consumer_of(path: str) -> tuple[str, bool]:
     """(component, consumed_now) for a dotted field path; KeyError when no component is recorded."""
-    if path in CONSUMED:
-        return CONSUMED[path], True
     parts = path.split(".")
     for end in range(len(parts), 1, -1):  # a field, or its sub-section; never a whole top-level section
         prefix = ".".join(parts[:end])
+        if prefix in CONSUMED:
+            return CONSUMED[prefix], True
         if prefix in NOT_YET:
             return NOT_YET[prefix], False
     raise KeyError(f"no consumer recorded for {path}: add it to CONSUMED or PLANNED in stackwise/config/support.py")

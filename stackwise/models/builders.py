@@ -1,12 +1,13 @@
 """`build_model`: the one place that translates a `ModelConfig` into module arguments.
 
-Settings whose modules are not built yet (PEER, BitNet, SubLN, pretrained
-embeddings) are refused with a clear error rather than ignored.
+Settings whose modules are not built yet (PEER, pretrained embeddings, `pretrained_name`) are refused
+with a clear error rather than ignored.
 """
 
 from __future__ import annotations
 
 from ..config.model import ModelConfig
+from .bitnet import insert_subln, to_bitnet
 from .network import Transformer, transformer
 
 GPT2_VOCAB = 50257
@@ -19,8 +20,6 @@ class UnsupportedModelError(ValueError):
 def _refuse_unbuilt(cfg: ModelConfig) -> None:
     unbuilt = {
         "model.use_peer": cfg.use_peer or None,
-        "model.quantization": cfg.quantization,
-        "model.subln.enabled": cfg.subln.enabled or None,
         "model.tokenizer_embedding": cfg.tokenizer_embedding,
         "model.pretrained_name": cfg.pretrained_name,
     }
@@ -74,5 +73,10 @@ def _attention_arguments(cfg: ModelConfig) -> dict:
 
 
 def build_model(cfg: ModelConfig, vocab_size: int | None = None) -> Transformer:
-    """The model a `ModelConfig` describes, freshly initialised."""
-    return transformer(**model_arguments(cfg, vocab_size))
+    """The model a `ModelConfig` describes, freshly initialised (BitNet and SubLN applied when configured)."""
+    model = transformer(**model_arguments(cfg, vocab_size))
+    if cfg.subln.enabled:
+        insert_subln(model, cfg.subln.eps, cfg.subln.elementwise_affine)
+    if cfg.quantization is not None:
+        to_bitnet(model, cfg.quantization.activation_bits, cfg.quantization.per_token_activation)
+    return model

@@ -547,8 +547,6 @@ def test_build_model_rope_theta() -> None:
     "overrides,setting",
     [
         (dict(use_peer=True), "model.use_peer"),
-        (dict(quantization={}), "model.quantization"),
-        (dict(subln={"enabled": True}), "model.subln.enabled"),
         (dict(tokenizer_embedding={"family": "gpt2"}), "model.tokenizer_embedding"),
         (dict(pretrained_name="gpt2"), "model.pretrained_name"),
     ],
