@@ -62,6 +62,9 @@ CONSUMED: dict[str, str] = {
             "kernel_dim",
             "quantization",
             "subln",
+            "use_peer",
+            "peer_start_layer",
+            "peer",
         )
     },
 }
@@ -71,9 +74,6 @@ CONSUMED: dict[str, str] = {
 PLANNED: dict[str, tuple[str, ...]] = {
     MODELS: (
         "model.pretrained_name",
-        "model.use_peer",
-        "model.peer_start_layer",
-        "model.peer",
         "model.tokenizer_embedding",
     ),
     KERNELS: ("model.attention_kernel", "model.peer_kernel"),

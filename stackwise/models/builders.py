@@ -1,6 +1,6 @@
 """`build_model`: the one place that translates a `ModelConfig` into module arguments.
 
-Settings whose modules are not built yet (PEER, pretrained embeddings, `pretrained_name`) are refused
+Settings whose modules are not built yet (pretrained embeddings, `pretrained_name`) are refused
 with a clear error rather than ignored.
 """
 
@@ -19,7 +19,6 @@ class UnsupportedModelError(ValueError):
 
 def _refuse_unbuilt(cfg: ModelConfig) -> None:
     unbuilt = {
-        "model.use_peer": cfg.use_peer or None,
         "model.tokenizer_embedding": cfg.tokenizer_embedding,
         "model.pretrained_name": cfg.pretrained_name,
     }
@@ -52,6 +51,26 @@ def model_arguments(cfg: ModelConfig, vocab_size: int | None = None) -> dict:
         causal=cfg.attention_mode == "causal",
         initializer_range=cfg.initializer_range,
         **_attention_arguments(cfg),
+        **_peer_arguments(cfg),
+    )
+
+
+def _peer_arguments(cfg: ModelConfig) -> dict:
+    if not cfg.use_peer:
+        return {}
+    p = cfg.peer
+    return dict(
+        peer=dict(
+            num_experts=p.num_experts,
+            num_experts_per_tok=p.num_experts_per_tok,
+            num_heads=p.num_heads,
+            product_key_dim=p.product_key_dim,
+            query_dim=p.query_dim,
+            expert_hidden_size=p.expert_hidden_size,
+            query_norm=p.batch_norm_query,
+            track_usage=p.log_expert_usage,
+        ),
+        peer_start_layer=cfg.peer_start_layer,
     )
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import MLP, Attention, KernelAttention, LatentAttention, RotaryEmbedding, make_norm
+from .peer import PEER
 
 
 class TransformerLayer(nn.Module):
@@ -107,10 +108,13 @@ def transformer(
     v_head_dim: int | None = None,
     kernel_feature_map: str = "elu",
     kernel_dim: int | None = None,
+    peer: dict[str, Any] | None = None,
+    peer_start_layer: int = 0,
 ) -> Transformer:
     """A decoder (causal) or bidirectional transformer with MHA/GQA, MLA (`attention="mla"` with the
     q_lora_rank ... v_head_dim arguments) or linear-time kernel attention (`attention="kernel"`), RoPE or
-    learned positions, and pre-norm."""
+    learned positions, and pre-norm. With `peer` (PEER keyword arguments), layers from `peer_start_layer` on
+    use a PEER expert layer instead of the MLP."""
     arch = {k: v for k, v in locals().items()}
     head_dim = head_dim or d_model // n_heads
     d_ff = d_ff or 4 * d_model
@@ -161,12 +165,14 @@ def transformer(
     layers = [
         TransformerLayer(
             make_attention(),
-            MLP(d_model, d_ff, activation, bias=bias),
+            PEER(d_model, **peer)
+            if peer is not None and i >= peer_start_layer
+            else MLP(d_model, d_ff, activation, bias=bias),
             make_norm(norm, d_model, norm_eps),
             make_norm(norm, d_model, norm_eps),
             dropout,
         )
-        for _ in range(n_layers)
+        for i in range(n_layers)
     ]
     embed = nn.Embedding(vocab_size, d_model)
     head = nn.Linear(d_model, vocab_size, bias=False)

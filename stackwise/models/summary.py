@@ -125,9 +125,7 @@ def summarize(cfg: StackwiseConfig, vocab_size: int | None = None, seq_len: int 
     matmul = attn * m.n_layers + mlp * n_dense
     if n_peer:
         peer, active = _peer(cfg)
-        out.components.append(
-            Component(f"PEER x{n_peer}", peer * n_peer, peer * n_peer, active * n_peer, "module not built yet")
-        )
+        out.components.append(Component(f"PEER x{n_peer}", peer * n_peer, peer * n_peer, active * n_peer))
         matmul += active * n_peer
     final = _norm(m.norm_type, m.d_model)
     out.components.append(Component("norms", norms * m.n_layers + final, norms * m.n_layers + final, 0))

@@ -51,5 +51,6 @@ def test_set_fields_not_consumed_are_refused() -> None:
     )
     issues = {i.path: i.message for i in unsupported_settings(cfg)}
     assert "model.name" not in issues and "model.d_model" not in issues  # read by the config layer / the builder
-    assert "issue #3" in issues["model.use_peer"]
+    assert "model.use_peer" not in issues  # the builder reads PEER settings now
+    assert "issue #4" in issues["training.learning_rate"]
     assert issues["training.learning_rate"].startswith("`training.learning_rate` is not supported yet")

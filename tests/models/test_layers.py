@@ -546,7 +546,6 @@ def test_build_model_rope_theta() -> None:
 @pytest.mark.parametrize(
     "overrides,setting",
     [
-        (dict(use_peer=True), "model.use_peer"),
         (dict(tokenizer_embedding={"family": "gpt2"}), "model.tokenizer_embedding"),
         (dict(pretrained_name="gpt2"), "model.pretrained_name"),
     ],
