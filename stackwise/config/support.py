@@ -17,6 +17,7 @@ from .rules import set_fields
 from .schema import StackwiseConfig
 
 MODELS = "stackwise.models (model builders, issue #3)"
+TRAIN_PRETRAINED = "stackwise.train (loads the pretrained weights, issue #4)"
 TRAIN = "stackwise.train (training engine and data pipeline, issue #4)"
 STAGEWISE = "stackwise.train stage schedules (layer-wise, block-wise, fused, progressive, issue #5)"
 KERNELS = "stackwise.kernels (Triton attention and PEER kernels, issue #6)"
@@ -72,10 +73,8 @@ CONSUMED: dict[str, str] = {
 # The component that will consume each field not read yet. Every leaf field is named, or its sub-section
 # (`model.peer`) is: never a whole top-level section, so that a new field must be placed on purpose.
 PLANNED: dict[str, tuple[str, ...]] = {
-    MODELS: (
-        "model.pretrained_name",
-        "model.tokenizer_embedding",
-    ),
+    TRAIN_PRETRAINED: ("model.pretrained_name",),
+    MODELS: ("model.tokenizer_embedding",),
     KERNELS: ("model.attention_kernel", "model.peer_kernel"),
     STAGEWISE: (
         "training.mode",

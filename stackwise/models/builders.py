@@ -1,7 +1,7 @@
 """`build_model`: the one place that translates a `ModelConfig` into module arguments.
 
-Settings whose modules are not built yet (pretrained embeddings, `pretrained_name`) are refused
-with a clear error rather than ignored.
+Settings whose modules are not built yet (pretrained embeddings) are refused with a clear error rather
+than ignored. `pretrained_name` does not change the architecture: loading its weights is the trainer's job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ class UnsupportedModelError(ValueError):
 def _refuse_unbuilt(cfg: ModelConfig) -> None:
     unbuilt = {
         "model.tokenizer_embedding": cfg.tokenizer_embedding,
-        "model.pretrained_name": cfg.pretrained_name,
     }
     given = [f"{path}: {value!r}" for path, value in unbuilt.items() if value is not None]
     if given:

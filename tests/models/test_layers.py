@@ -547,7 +547,6 @@ def test_build_model_rope_theta() -> None:
     "overrides,setting",
     [
         (dict(tokenizer_embedding={"family": "gpt2"}), "model.tokenizer_embedding"),
-        (dict(pretrained_name="gpt2"), "model.pretrained_name"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
