@@ -23,7 +23,7 @@ from . import derived
 from .errors import Issue, dotted
 from .fields import typical_range
 from .schema import SECTIONS, StackwiseConfig
-from .tokenizers import tokenizer_vocab_size
+from .tokenizers import pretrained_width, tokenizer_vocab_size
 
 Check = Callable[[StackwiseConfig], Iterable[Issue]]
 
@@ -213,6 +213,24 @@ def peer_geometry(cfg: StackwiseConfig) -> Iterable[Issue]:
         yield error(
             "model.peer_start_layer",
             f"peer_start_layer ({m.peer_start_layer}) must be below n_layers ({m.n_layers}): no layer would use PEER",
+        )
+
+
+@rule("model.tokenizer_embedding", "model.tie_embeddings", "model.d_model")
+def pretrained_embedding_width(cfg: StackwiseConfig) -> Iterable[Issue]:
+    te = cfg.model.tokenizer_embedding
+    if te is None:
+        return
+    width = pretrained_width(te.family, te.path)
+    if width is not None and width != cfg.model.d_model and cfg.model.tie_embeddings:
+        yield error(
+            "model.tie_embeddings",
+            f"the pretrained embeddings of `{te.path or te.family}` are {width} wide, not d_model ({cfg.model.d_model}): an adapter maps them, so the head cannot be tied; set tie_embeddings: false",
+        )
+    if te.adapter_hidden_dim is not None and width == cfg.model.d_model:
+        yield warning(
+            "model.tokenizer_embedding.adapter_hidden_dim",
+            f"no adapter is needed: the pretrained width equals d_model ({width})",
         )
 
 

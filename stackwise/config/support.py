@@ -16,7 +16,6 @@ from .fields import section_type
 from .rules import set_fields
 from .schema import StackwiseConfig
 
-MODELS = "stackwise.models (model builders, issue #3)"
 TRAIN_PRETRAINED = "stackwise.train (loads the pretrained weights, issue #4)"
 TRAIN = "stackwise.train (training engine and data pipeline, issue #4)"
 STAGEWISE = "stackwise.train stage schedules (layer-wise, block-wise, fused, progressive, issue #5)"
@@ -66,6 +65,7 @@ CONSUMED: dict[str, str] = {
             "use_peer",
             "peer_start_layer",
             "peer",
+            "tokenizer_embedding",
         )
     },
 }
@@ -74,7 +74,6 @@ CONSUMED: dict[str, str] = {
 # (`model.peer`) is: never a whole top-level section, so that a new field must be placed on purpose.
 PLANNED: dict[str, tuple[str, ...]] = {
     TRAIN_PRETRAINED: ("model.pretrained_name",),
-    MODELS: ("model.tokenizer_embedding",),
     KERNELS: ("model.attention_kernel", "model.peer_kernel"),
     STAGEWISE: (
         "training.mode",

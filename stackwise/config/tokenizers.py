@@ -72,3 +72,18 @@ def tokenizer_vocab_size(name: str) -> int | None:
         if size is not None:
             return size
     return KNOWN_VOCAB.get(name)
+
+
+FAMILY_MODELS = {"gpt2": "gpt2", "llama-3-8b": "meta-llama/Meta-Llama-3-8B", "mistral-7b": "mistralai/Mistral-7B-v0.1"}
+FAMILY_WIDTH = {"gpt2": 768, "llama-3-8b": 4096, "mistral-7b": 4096}
+
+
+def pretrained_width(family: str, path: str | None = None) -> int | None:
+    """Embedding width of a pretrained model: from `path`'s config.json when given, else the family's."""
+    if path:
+        try:
+            config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    return FAMILY_WIDTH.get(family)

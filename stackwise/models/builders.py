@@ -1,14 +1,16 @@
 """`build_model`: the one place that translates a `ModelConfig` into module arguments.
 
-Settings whose modules are not built yet (pretrained embeddings) are refused with a clear error rather
-than ignored. `pretrained_name` does not change the architecture: loading its weights is the trainer's job.
+Every model setting is built. `pretrained_name` does not change the architecture: loading its weights is
+the trainer's job (issue #4).
 """
 
 from __future__ import annotations
 
 from ..config.model import ModelConfig
+from ..config.tokenizers import pretrained_width
 from .bitnet import insert_subln, to_bitnet
 from .network import Transformer, transformer
+from .pretrained import load_pretrained_embeddings, use_pretrained_width
 
 GPT2_VOCAB = 50257
 
@@ -17,18 +19,8 @@ class UnsupportedModelError(ValueError):
     """The config asks for a model feature stackwise does not build yet."""
 
 
-def _refuse_unbuilt(cfg: ModelConfig) -> None:
-    unbuilt = {
-        "model.tokenizer_embedding": cfg.tokenizer_embedding,
-    }
-    given = [f"{path}: {value!r}" for path, value in unbuilt.items() if value is not None]
-    if given:
-        raise UnsupportedModelError("not supported yet by the model builder: " + "; ".join(given))
-
-
 def model_arguments(cfg: ModelConfig, vocab_size: int | None = None) -> dict:
     """The keyword arguments of `transformer(...)` for this config (vocab_size: the tokenizer's when null)."""
-    _refuse_unbuilt(cfg)
     return dict(
         vocab_size=cfg.vocab_size or vocab_size or GPT2_VOCAB,
         d_model=cfg.d_model,
@@ -90,9 +82,25 @@ def _attention_arguments(cfg: ModelConfig) -> dict:
     )
 
 
-def build_model(cfg: ModelConfig, vocab_size: int | None = None) -> Transformer:
-    """The model a `ModelConfig` describes, freshly initialised (BitNet and SubLN applied when configured)."""
+def build_model(cfg: ModelConfig, vocab_size: int | None = None, *, load_weights: bool = True) -> Transformer:
+    """The model a `ModelConfig` describes, freshly initialised (BitNet and SubLN applied when configured).
+
+    With `tokenizer_embedding`, the token embeddings take the pretrained width (plus an adapter) and, when
+    `load_weights`, the pretrained values; `load_weights=False` builds the architecture only.
+    """
     model = transformer(**model_arguments(cfg, vocab_size))
+    te = cfg.tokenizer_embedding
+    if te is not None:
+        width = pretrained_width(te.family, te.path)
+        if width is None:
+            raise UnsupportedModelError(
+                f"model.tokenizer_embedding: cannot read the width of `{te.path}` (config.json)"
+            )
+        use_pretrained_width(model, width, cfg.d_model, te.adapter_hidden_dim)
+        if load_weights:
+            load_pretrained_embeddings(model, te)
+        elif te.freeze_embeddings:
+            model.embed.weight.requires_grad_(False)
     if cfg.subln.enabled:
         insert_subln(model, cfg.subln.eps, cfg.subln.elementwise_affine)
     if cfg.quantization is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config.schema import StackwiseConfig
+from ..config.tokenizers import pretrained_width
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "auto": 2}
 
@@ -107,8 +108,14 @@ def summarize(cfg: StackwiseConfig, vocab_size: int | None = None, seq_len: int 
     vocab = m.vocab_size or vocab_size or 50257
     t = seq_len or cfg.training.seq_len
     out = Summary()
-    embed = vocab * m.d_model
-    out.components.append(Component("token embeddings", embed, embed, m.d_model))
+    te = m.tokenizer_embedding
+    width = (pretrained_width(te.family, te.path) or m.d_model) if te is not None else m.d_model
+    embed = vocab * width
+    out.components.append(Component("token embeddings", embed, 0 if te and te.freeze_embeddings else embed, width))
+    if width != m.d_model:
+        hidden = te.adapter_hidden_dim if te else None
+        adapter = width * hidden + hidden + hidden * m.d_model + m.d_model if hidden else width * m.d_model + m.d_model
+        out.components.append(Component("embedding adapter", adapter, adapter, adapter))
     if not m.use_rope:
         pos = m.max_seq_len * m.d_model
         out.components.append(Component("position embeddings", pos, pos, m.d_model))

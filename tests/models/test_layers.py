@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from stackwise.config.model import ModelConfig  # noqa: E402
-from stackwise.models.builders import UnsupportedModelError, build_model, model_arguments  # noqa: E402
+from stackwise.models.builders import build_model, model_arguments  # noqa: E402
 from stackwise.models.layers import MLP, Attention, RMSNorm, RotaryEmbedding, apply_rope, make_norm  # noqa: E402
 from stackwise.models.network import Transformer, TransformerLayer, transformer  # noqa: E402
 
@@ -541,20 +541,6 @@ def test_build_model_rope_theta() -> None:
     cos, _ = m.layers[0].attn.rope(3)
     expected = torch.cos(2 * 500.0 ** (-torch.arange(4, dtype=torch.float64) * 2 / 8))
     torch.testing.assert_close(cos[2, :4].double(), expected, **F64)
-
-
-@pytest.mark.parametrize(
-    "overrides,setting",
-    [
-        (dict(tokenizer_embedding={"family": "gpt2"}), "model.tokenizer_embedding"),
-    ],
-    ids=lambda v: v if isinstance(v, str) else None,
-)
-def test_build_model_refuses_unbuilt_settings(overrides: dict, setting: str) -> None:
-    cfg = ModelConfig(**SMALL, **overrides)
-    with pytest.raises(UnsupportedModelError, match=setting.replace(".", r"\.")):
-        build_model(cfg, vocab_size=50)
-    assert issubclass(UnsupportedModelError, ValueError)
 
 
 def test_build_model_accepts_the_plain_gqa_attention_type() -> None:

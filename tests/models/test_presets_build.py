@@ -1,6 +1,7 @@
 """`stackwise model summary` counts equal the built model's for every preset and example config.
 
-Small models are built for real; large ones on the meta device (shapes only, no memory).
+Small models are built for real; large ones on the meta device (shapes only, no memory). Pretrained
+embeddings are not loaded here (`load_weights=False`): only the architecture is compared.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _check(cfg) -> None:
     expected = summarize(cfg).total
     device = "cpu" if expected < 50_000_000 else "meta"
     with torch.device(device):
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, load_weights=False)  # shapes only: no pretrained files needed
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
