@@ -166,13 +166,20 @@ def _to_gpt2(model: Transformer) -> Any:
     return hf
 
 
+def _rope_theta(config: Any) -> float:
+    """The RoPE base of a Llama-family config (transformers 4: rope_theta; 5: rope_parameters); plain RoPE only."""
+    rope = getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": config.rope_theta}
+    if rope.get("rope_type", "default") != "default":
+        raise UnsupportedArchitectureError(
+            f"{config.model_type} rope_type {rope.get('rope_type')!r} is not mapped (only default RoPE)"
+        )
+    return float(rope["rope_theta"])
+
+
 # -- Llama -------------------------------------------------------------------------------------------------------
 
 
 def _llama_arch(config: Any) -> dict[str, Any]:
-    rope = getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": config.rope_theta}
-    if rope.get("rope_type", "default") != "default":
-        raise UnsupportedArchitectureError(f"Llama rope_type {rope.get('rope_type')!r} is not mapped (only default)")
     if config.hidden_act != "silu":
         raise UnsupportedArchitectureError(f"Llama hidden_act {config.hidden_act!r}: only silu (SwiGLU) is mapped")
     if bool(config.attention_bias) != bool(getattr(config, "mlp_bias", False)):
@@ -191,7 +198,7 @@ def _llama_arch(config: Any) -> dict[str, Any]:
         attention_dropout=config.attention_dropout,
         max_seq_len=config.max_position_embeddings,
         use_rope=True,
-        rope_theta=float(rope["rope_theta"]),
+        rope_theta=_rope_theta(config),
         tie_embeddings=bool(config.tie_word_embeddings),
         bias=bool(config.attention_bias),
         causal=True,
@@ -285,11 +292,6 @@ def _rope_rows(total: int, start: int, rot: int, period: int | None = None) -> t
 
 
 def _deepseek_arch(config: Any) -> dict[str, Any]:
-    rope = getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": config.rope_theta}
-    if rope.get("rope_type", "default") != "default":
-        raise UnsupportedArchitectureError(
-            f"DeepSeek-V3 rope_type {rope.get('rope_type')!r} is not mapped (only default)"
-        )
     if config.first_k_dense_replace < config.num_hidden_layers:
         raise UnsupportedArchitectureError(
             "DeepSeek-V3 MoE layers are not mapped: set first_k_dense_replace = num_hidden_layers"
@@ -312,7 +314,7 @@ def _deepseek_arch(config: Any) -> dict[str, Any]:
         attention_dropout=config.attention_dropout,
         max_seq_len=config.max_position_embeddings,
         use_rope=True,
-        rope_theta=float(rope["rope_theta"]),
+        rope_theta=_rope_theta(config),
         tie_embeddings=bool(config.tie_word_embeddings),
         bias=bool(config.attention_bias),
         causal=True,
