@@ -34,9 +34,9 @@ def from_hf(hf_model: Any) -> Transformer:
 def to_hf(model: Transformer, path: str | Path) -> Path:
     """Write `model` as a `transformers` checkpoint directory (config + safetensors weights); returns the path."""
     arch = model.arch
-    if arch.get("bitnet") or arch.get("subln") or arch.get("peer"):
+    if arch.get("bitnet") or arch.get("subln") or arch.get("peer") or arch.get("attention") == "kernel":
         raise UnsupportedArchitectureError(
-            "BitNet / SubLN / PEER models have no transformers architecture to export to"
+            "BitNet / SubLN / PEER / kernel-attention models have no transformers architecture to export to"
         )
     if arch.get("norm") == "layernorm" and not arch.get("use_rope"):
         hf = _to_gpt2(model)

@@ -142,6 +142,11 @@ def test_export_refuses_what_it_cannot_map(tmp_path: Path) -> None:
     )
     with pytest.raises(UnsupportedArchitectureError, match="multi-head"):
         to_hf(gqa_gpt2, tmp_path / "y")
+    kernel = transformer(
+        vocab_size=50, d_model=32, n_layers=1, n_heads=4, attention="kernel"
+    )  # RMSNorm + RoPE, not Llama
+    with pytest.raises(UnsupportedArchitectureError, match="kernel"):
+        to_hf(kernel, tmp_path / "z")
 
 
 def test_from_hf_refuses_other_architectures() -> None:
