@@ -7,6 +7,7 @@ import typer
 from .. import __version__
 from .config_commands import register
 from .model_commands import model_app
+from .train_commands import register as register_train
 
 app = typer.Typer(
     name="stackwise",
@@ -33,6 +34,7 @@ def _root(
 
 
 register(app)
+register_train(app)
 app.add_typer(model_app, name="model")
 
 

@@ -179,6 +179,13 @@ class TrainingConfig(Section):
     mask_token_id: int | None = field(
         None, "Token id used for masked positions; null = the tokenizer's mask token.", ge=0
     )
+    mask_loss_weighting: Annotated[
+        Literal["mean", "inverse_t"], synonyms({"elbo": "inverse_t", "1/t": "inverse_t", "nelbo": "inverse_t"})
+    ] = field(
+        "mean",
+        "Masked-diffusion loss: mean cross-entropy over masked positions, or inverse_t (each sequence's masked "
+        "cross-entropy weighted by 1/t, the NELBO of masked-diffusion models).",
+    )
     progressive: ProgressiveConfig = field(
         factory=ProgressiveConfig, description="Progressive (stack-by-stack) training with dual LoRA."
     )

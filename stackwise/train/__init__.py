@@ -1,4 +1,5 @@
-"""The training engine: data pipeline, objectives, optimisers, stage schedules, checkpoints (issues #4, #5).
+"""The training engine: data pipeline, tokenizers, objectives, optimisers, checkpoints, generation.
 
-Nothing is built yet: `stackwise.config.support` lists every training setting as planned.
+`stackwise.train.trainer.Trainer` is the engine behind `stackwise train`; modules import torch, so this
+package is imported only when training, never by `import stackwise`.
 """

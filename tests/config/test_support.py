@@ -46,11 +46,12 @@ def test_set_fields_not_consumed_are_refused() -> None:
                 "peer_start_layer": 1,
                 "peer": {"num_experts": 16, "product_key_dim": [4, 4], "num_experts_per_tok": 2, "query_dim": 8},
             },
-            "training": {"lr": 1e-3},
+            "training": {"lr": 1e-3, "mode": "fused"},
         }
     )
     issues = {i.path: i.message for i in unsupported_settings(cfg)}
     assert "model.name" not in issues and "model.d_model" not in issues  # read by the config layer / the builder
     assert "model.use_peer" not in issues  # the builder reads PEER settings now
-    assert "issue #4" in issues["training.learning_rate"]
-    assert issues["training.learning_rate"].startswith("`training.learning_rate` is not supported yet")
+    assert "training.learning_rate" not in issues  # the trainer reads it
+    assert "issue #5" in issues["training.mode"]
+    assert issues["training.mode"].startswith("`training.mode` is not supported yet")

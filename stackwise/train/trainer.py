@@ -1,0 +1,509 @@
+"""The training engine: `Trainer(cfg).fit()` trains the model a validated config describes.
+
+`prepare()` does everything that can fail before the first step (unsupported settings, device, tokenizer,
+data, model, checkpoint to resume), so a bad config fails in seconds, not after an hour. `fit()` is the loop:
+for each step, a train step; then maybe log, maybe evaluate, maybe save. Ctrl-C or SIGTERM saves a
+checkpoint and returns; a non-finite loss stops before the optimizer applies it, keeping the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import derived
+from ..config.errors import ConfigError
+from ..config.schema import StackwiseConfig
+from ..config.support import unsupported_settings
+from . import checkpoint as ckpt
+from .metrics import MetricsLogger
+from .objectives import Objective, evaluate, objective_for, training_loss
+from .optim import build_optimizers, lr_at, set_lr, warmup_steps
+from .runtime import Numerics, numerics
+from .tokenizer import check_vocab, load_tokenizer, mask_token_id, token_byte_lengths
+
+log = logging.getLogger("stackwise.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or cannot go on (the message says why and what to change)."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Progress:
+    """Where a run is: optimizer steps taken, training samples and tokens consumed."""
+
+    step: int = 0
+    samples: int = 0
+    tokens: int = 0
+    last_checkpoint: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def run_directory(cfg: StackwiseConfig) -> Path:
+    """checkpoint_dir/run_id; with no run_id, a new timestamped directory (or, to resume `latest`, the newest run)."""
+    t = cfg.training
+    root = Path(t.checkpoint_dir).expanduser()
+    if t.run_id:
+        return root / t.run_id
+    if t.resume_from_checkpoint == ckpt.LATEST:
+        runs = [p for p in root.glob("*/checkpoints/latest")] if root.is_dir() else []
+        if not runs:
+            raise TrainingError(f"resume_from_checkpoint is `latest`, but {root} has no run with a checkpoint")
+        return max(runs, key=lambda p: p.stat().st_mtime).parent.parent
+    if t.resume_from_checkpoint:
+        path = ckpt.resolve(t.resume_from_checkpoint, root)
+        return path.parent.parent
+    return root / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+class Trainer:
+    """Trains the model of one config; `fit()` returns the run summary (also written to summary.json)."""
+
+    def __init__(self, cfg: StackwiseConfig, *, on_progress: Callable[[int, int, dict], None] | None = None):
+        issues = unsupported_settings(cfg)
+        if issues:
+            raise ConfigError(issues)
+        self.cfg = cfg
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self._stop_signal: int | None = None
+        self.prepared = False
+
+    # -- everything that can fail before the first step ------------------------------------------------
+    def prepare(self) -> Trainer:
+        from ..models.builders import build_model
+        from .packing import build_data
+
+        cfg, t = self.cfg, self.cfg.training
+        _seed_everything(t.seed)
+        if t.debug:
+            torch.autograd.set_detect_anomaly(True)
+        self.num: Numerics = numerics(t.device, t.precision, t.tf32)
+        self.tokenizer = load_tokenizer(derived.tokenizer_name(cfg), cfg.data.special_tokens or (), cfg.data.cache_dir)
+        kind = derived.objective(cfg)
+        mask_id = mask_token_id(self.tokenizer, t.mask_token_id) if kind == "masked_diffusion" else None
+        self.vocab_size = cfg.model.vocab_size or len(self.tokenizer)
+        check_vocab(self.tokenizer, self.vocab_size, [mask_id] if mask_id is not None else [])
+        self.objective: Objective = objective_for(
+            kind, mask_id, None, t.min_mask_fraction, t.max_mask_fraction, t.mask_loss_weighting
+        )
+        self.run_dir = run_directory(cfg)
+        self.resume_from = ckpt.resolve(t.resume_from_checkpoint, self.run_dir) if t.resume_from_checkpoint else None
+        if self.resume_from is None and ckpt.checkpoint_dirs(self.run_dir / "checkpoints"):
+            raise TrainingError(
+                f"run directory {self.run_dir} already has checkpoints; resume it with "
+                "training.resume_from_checkpoint=latest, or choose another training.run_id"
+            )
+
+        eval_bs = cfg.evaluation.batch_size or t.batch_size
+        self.eval_batch_size = eval_bs
+        self.data = build_data(
+            cfg,
+            self.tokenizer,
+            t.seq_len + self.objective.extra_tokens,
+            eval_sequences=cfg.evaluation.max_batches * eval_bs,
+        )
+        self.total_steps = self._total_steps()
+
+        if cfg.model.pretrained_name:
+            self.model = pretrained_model(cfg, self.vocab_size).to(self.num.device)
+        else:
+            self.model = build_model(cfg.model, self.vocab_size).to(self.num.device)
+        if t.init_from:
+            ckpt.load_weights(ckpt.resolve(t.init_from, Path(t.init_from)), self.model)
+        if t.gradient_checkpointing:
+            self.model.set_gradient_checkpointing(True)
+        if t.compile:
+            for layer in self.model.layers:  # regional compilation: one graph per layer, fast to compile
+                layer.compile()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizers = build_optimizers(
+            named,
+            self.model,
+            kind=t.optimizer,
+            lr=t.learning_rate,
+            weight_decay=t.weight_decay,
+            betas=t.betas,
+            momentum=t.momentum,
+            device=self.num.device,
+        )
+        self.params = [p for _, p in named]
+        self.scaler = self.num.grad_scaler()
+        self.mask_generator = torch.Generator(device=self.num.device).manual_seed(t.seed + 1)
+        bytes_table = token_byte_lengths(self.tokenizer, self.vocab_size)
+        self.token_bytes = torch.from_numpy(bytes_table) if bytes_table.any() else None
+        self.warmup = warmup_steps(self.total_steps, t.warmup_steps, t.warmup_ratio)
+
+        if self.resume_from is not None:
+            ckpt.load_weights(self.resume_from, self.model)
+        self.prepared = True
+        return self
+
+    def _total_steps(self) -> int:
+        t = self.cfg.training
+        if t.max_steps is not None:
+            return t.max_steps
+        per_step = t.batch_size * t.gradient_accumulation_steps
+        per_epoch = t.steps_per_epoch or (self.data.samples_per_epoch or 0) // per_step
+        if per_epoch == 0:
+            raise TrainingError(
+                f"the training data has {self.data.samples_per_epoch} sequences of {self.data.seq_len} tokens, "
+                f"less than one step of {per_step} (batch_size x gradient_accumulation_steps); "
+                "use more data, a shorter training.seq_len or a smaller batch"
+            )
+        return (t.num_train_epochs or 1) * per_epoch
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        """What this run will do, for the summary printed before training."""
+        t = self.cfg.training
+        tokens_per_step = t.batch_size * t.gradient_accumulation_steps * t.seq_len
+        return {
+            "run_dir": str(self.run_dir),
+            "model": f"{self.parameter_count / 1e6:.2f}M parameters, {self.cfg.model.n_layers} layers, "
+            f"d_model {self.cfg.model.d_model}, vocab {self.vocab_size}",
+            "objective": self.objective.kind,
+            "data": self.data.description,
+            "tokenizer": derived.tokenizer_name(self.cfg),
+            "device": self.num.describe(),
+            "steps": self.total_steps,
+            "tokens": self.total_steps * tokens_per_step,
+            "optimizer": t.optimizer,
+            "resume": str(self.resume_from) if self.resume_from else None,
+        }
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        if not self.prepared:
+            self.prepare()
+        t = self.cfg.training
+        self._write_run_files()
+        resume_state = None
+        # The loader may draw from the global RNG when it starts; fork it so that a resumed run and an
+        # uninterrupted one see the same random stream afterwards.
+        with torch.random.fork_rng(devices=[]):
+            start = 0
+            if self.resume_from is not None:
+                start = ckpt.read_state(self.resume_from)["samples"]
+            batches = self.data.batches(start)
+            first = next(batches)
+        if self.resume_from is not None:
+            resume_state = ckpt.load_training_state(
+                self.resume_from, self.optimizers, self.scaler, {"mask": self.mask_generator}
+            )
+            self.progress = Progress(
+                resume_state["step"], resume_state["samples"], resume_state["tokens"], self.resume_from
+            )
+        batches = _chain(first, batches)
+        self.metrics = MetricsLogger(
+            self.run_dir,
+            self.cfg.logging,
+            log_dir=Path(t.log_dir) if t.log_dir else self.run_dir / "logs",
+            run_name=self.run_dir.name,
+            config=self.cfg.to_dict(),
+            resume_step=self.progress.step if resume_state else None,
+        )
+        status = "completed"
+        started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
+        losses: list[float] = []
+        self.model.train()
+        try:
+            with _stop_on_signals(self):
+                while self.progress.step < self.total_steps:
+                    lr = self._set_lr()
+                    loss, grad_norm = self.train_step(batches)
+                    losses.append(loss)
+                    window_tokens += self._tokens_per_step()
+                    p = self.progress
+                    if p.step % t.log_interval == 0 or p.step == self.total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        row = {
+                            "loss": sum(losses) / len(losses),
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "tokens": p.tokens,
+                            "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                        }
+                        self._log(row)
+                        losses, window_tokens, window_start = [], 0, time.perf_counter()
+                    if p.step % t.validation_interval == 0 and p.step < self.total_steps:
+                        self._log(self.evaluate())
+                    if p.step % t.save_interval == 0 and p.step < self.total_steps:
+                        self.save()
+                    if self._stop_signal is not None:
+                        status = "interrupted"
+                        break
+            final_eval = self.evaluate() if status == "completed" else {}
+            if final_eval:
+                self._log(final_eval)
+            if (
+                self.progress.last_checkpoint is None
+                or int(self.progress.last_checkpoint.name[5:]) != self.progress.step
+            ):
+                self.save()
+        except TrainingDiverged:
+            status = "diverged"
+            raise
+        finally:
+            summary = self._summary(status, time.perf_counter() - started)
+            ckpt.write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            self.metrics.close()
+        return summary
+
+    def train_step(self, batches: Iterator[torch.Tensor]) -> tuple[float, float]:
+        """One optimizer step over gradient_accumulation_steps micro-batches: (mean loss, gradient norm)."""
+        t = self.cfg.training
+        accum = t.gradient_accumulation_steps
+        total = torch.zeros((), device=self.num.device)
+        for _ in range(accum):
+            batch = next(batches).to(self.num.device, non_blocking=True)
+            with self.num.autocast():
+                loss = training_loss(self.model, batch, self.objective, self.mask_generator)
+            scaled = loss / accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.detach()
+        value = float(total) / accum
+        if not math.isfinite(value):
+            self._zero_grad()
+            where = self.progress.last_checkpoint or "none was written yet"
+            raise TrainingDiverged(
+                f"the loss is {value} at step {self.progress.step + 1}; training stopped before applying it. "
+                f"Last good checkpoint: {where}. Lower training.learning_rate, set max_grad_norm, "
+                "or use bf16 instead of fp16"
+            )
+        if self.scaler is not None:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+        if t.max_grad_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
+        else:
+            norm = float(
+                torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+            )
+        for opt in self.optimizers:
+            self.scaler.step(opt) if self.scaler else opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        self._zero_grad()
+        p = self.progress
+        p.step += 1
+        p.samples += t.batch_size * accum
+        p.tokens += self._tokens_per_step()
+        return value, norm
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics on the fixed validation sequences (empty when there are none)."""
+        if self.data.validation is None or len(self.data.validation) == 0:
+            return {}
+        return evaluate(
+            self.model, self.data.validation, self.objective, self.eval_batch_size, self.token_bytes, self.num.autocast
+        )
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (atomically) and prune old ones."""
+        p = self.progress
+        state = {
+            "samples": p.samples,
+            "tokens": p.tokens,
+            "arch": self.model.arch,
+            "objective": self.objective.kind,
+            "mask_token_id": self.objective.mask_token_id,
+            "total_steps": self.total_steps,
+        }
+        path = ckpt.save_checkpoint(
+            self.run_dir / "checkpoints",
+            p.step,
+            self.model,
+            self.optimizers,
+            self.scaler,
+            state,
+            {"mask": self.mask_generator},
+            keep=self.cfg.training.ckpt_keep,
+        )
+        p.last_checkpoint = path
+        self.metrics.checkpoint_saved(path)
+        return path
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _tokens_per_step(self) -> int:
+        t = self.cfg.training
+        return t.batch_size * t.gradient_accumulation_steps * t.seq_len
+
+    def _set_lr(self) -> float:
+        t = self.cfg.training
+        lr = lr_at(
+            self.progress.step,
+            total=self.total_steps,
+            warmup=self.warmup,
+            peak=t.learning_rate,
+            floor=t.min_lr,
+            kind=t.lr_scheduler_type,
+            decay_ratio=t.decay_ratio,
+        )
+        set_lr(self.optimizers, lr / t.learning_rate)
+        return lr
+
+    def _zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def _log(self, row: dict[str, float]) -> None:
+        if not row:
+            return
+        self.progress.history.append({"step": self.progress.step, **row})
+        self.metrics.log(self.progress.step, row)
+        if self.on_progress is not None:
+            self.on_progress(self.progress.step, self.total_steps, row)
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.to_yaml(self.run_dir / "config.yaml")
+        self.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
+        meta = {
+            "objective": self.objective.kind,
+            "mask_token_id": self.objective.mask_token_id,
+            "vocab_size": self.vocab_size,
+            "seq_len": self.cfg.training.seq_len,
+            "tokenizer": derived.tokenizer_name(self.cfg),
+        }
+        ckpt.write_text_atomic(self.run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
+
+    def _summary(self, status: str, seconds: float) -> dict[str, Any]:
+        p = self.progress
+        last = {k: v for row in p.history for k, v in row.items() if k != "step"}
+        return {
+            "status": status,
+            "step": p.step,
+            "total_steps": self.total_steps,
+            "tokens": p.tokens,
+            "seconds": round(seconds, 2),
+            "parameters": self.parameter_count,
+            "unigram_entropy": self.data.unigram_entropy,
+            "last_checkpoint": str(p.last_checkpoint) if p.last_checkpoint else None,
+            **{
+                k: last[k]
+                for k in ("loss", "val_loss", "val_ppl", "val_bits_per_token", "val_bits_per_byte")
+                if k in last
+            },
+        }
+
+
+def pretrained_model(cfg: StackwiseConfig, vocab_size: int) -> torch.nn.Module:
+    """The model of `model.pretrained_name` (a local directory or a cached hub id; never downloaded), with its
+    weights. The model section must describe the same architecture: the config stays the truth about the model."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models.builders import model_arguments
+    from ..models.hf import from_hf
+
+    name = cfg.model.pretrained_name
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, cache_dir=cfg.data.cache_dir)
+    except Exception as err:  # OSError / ValueError / a backend error for a broken file
+        raise TrainingError(
+            f"model.pretrained_name `{name}` could not be loaded without a download: {err}. "
+            "Give a local directory written by save_pretrained, or a hub id already in the Hugging Face cache"
+        ) from err
+    model = from_hf(hf)
+    expected = model_arguments(cfg.model, vocab_size)
+    names = {
+        "d_model": "d_model",
+        "n_layers": "n_layers",
+        "n_heads": "n_heads",
+        "n_kv_heads": "n_kv_heads",
+        "head_dim": "head_dim",
+        "d_ff": "d_ff",
+        "activation": "ffn_activation",
+        "norm": "norm_type",
+        "max_seq_len": "max_seq_len",
+        "use_rope": "use_rope",
+        "rope_theta": "rope_theta",
+        "tie_embeddings": "tie_embeddings",
+        "bias": "bias",
+        "vocab_size": "vocab_size",
+        "attention": "attention_type",
+        "norm_eps": "norm_eps",
+        "dropout": "dropout",
+        "attention_dropout": "attention_dropout",
+    }
+    wrong = []
+    for key, config_key in names.items():
+        have, want = model.arch.get(key), expected.get(key)
+        if key == "n_kv_heads":
+            have, want = have or model.arch["n_heads"], want or expected["n_heads"]
+        if key in ("rope_theta",) and not model.arch.get("use_rope"):
+            continue
+        if key in expected and have != want:
+            wrong.append(f"model.{config_key}: {want!r} in the config, {have!r} in {name}")
+    if wrong:
+        raise TrainingError(
+            f"model.pretrained_name `{name}` has another architecture than the model section describes; "
+            "set these to the pretrained values:\n  " + "\n  ".join(wrong)
+        )
+    return model
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _chain(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    yield first
+    yield from rest
+
+
+class _stop_on_signals:
+    """While training, SIGINT / SIGTERM ask the loop to save and stop; a second signal stops at once."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.trainer._stop_signal is not None:
+            raise KeyboardInterrupt
+        self.trainer._stop_signal = signum
+        log.warning("signal %s received: saving a checkpoint after this step, then stopping", signum)
+
+    def __enter__(self) -> _stop_on_signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: StackwiseConfig | str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train from a config object or YAML path (the same engine as `stackwise train`); returns the summary."""
+    if not isinstance(cfg, StackwiseConfig):
+        cfg = StackwiseConfig.from_yaml(cfg, overrides or [])
+    elif overrides:
+        cfg = cfg.updated(overrides)
+    return Trainer(cfg).fit()

@@ -1,0 +1,216 @@
+"""The training engine end to end, on tiny models and text files the tests write: resume exactness, faults,
+precision, the run directory, and agreement between `validate` and `train`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from stackwise import StackwiseConfig, Trainer
+from stackwise.config.errors import ConfigError
+from stackwise.train import checkpoint as ckpt
+from stackwise.train.trainer import TrainingDiverged, TrainingError
+
+WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
+
+
+def corpus(folder: Path, docs: int = 40) -> Path:
+    """A directory of small text documents with a learnable pattern."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(docs):
+        words = [WORDS[(i + j) % len(WORDS)] for j in range(30 + i % 7)]
+        (folder / f"doc{i:03d}.txt").write_text(" ".join(words) + ".\n", encoding="utf-8")
+    return folder
+
+
+def config(tmp_path: Path, **sections: dict[str, Any]) -> StackwiseConfig:
+    data = {
+        "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 64, "vocab_size": 258, "dropout": 0.1},
+        "training": {
+            "seq_len": 16,
+            "batch_size": 4,
+            "max_steps": 8,
+            "learning_rate": 3e-3,
+            "warmup_steps": 2,
+            "log_interval": 1,
+            "validation_interval": 4,
+            "save_interval": 4,
+            "device": "cpu",
+            "checkpoint_dir": str(tmp_path / "runs"),
+            "run_id": "run",
+        },
+        "data": {"dataset_path": str(corpus(tmp_path / "docs")), "tokenizer_path": "bytes", "validation_fraction": 0.1},
+        "evaluation": {"max_batches": 2},
+        "logging": {"tensorboard": False},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return StackwiseConfig.from_dict(data)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def stop_at(trainer: Trainer, step: int) -> None:
+    """Deliver a real SIGINT to this process when training reaches `step`."""
+
+    def on_progress(done: int, total: int, row: dict) -> None:
+        if done == step and "loss" in row:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.on_progress = on_progress
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"training": {"gradient_accumulation_steps": 2, "optimizer": "muon"}},
+        {"model": {"attention_mode": "bidirectional"}, "training": {"objective": "masked_diffusion"}},
+    ],
+    ids=["causal", "accumulation-muon", "masked-diffusion"],
+)
+def test_a_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, variant: dict) -> None:
+    full = Trainer(config(tmp_path / "a", **variant)).fit()
+    assert full["status"] == "completed" and full["step"] == 8
+
+    first = Trainer(config(tmp_path / "b", **variant))
+    stop_at(first, 3)
+    summary = first.fit()
+    assert summary["status"] == "interrupted" and summary["step"] == 3
+    assert Path(summary["last_checkpoint"]).name == "step_00000003"
+    resumed = Trainer(config(tmp_path / "b", **variant).updated({"training.resume_from_checkpoint": "latest"})).fit()
+    assert resumed["status"] == "completed"
+
+    a, b = losses(tmp_path / "a" / "runs" / "run"), losses(tmp_path / "b" / "runs" / "run")
+    assert sorted(b) == list(range(1, 9))  # the resumed run's metrics continue, no step twice
+    assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]  # exactly, in fp32 on the CPU
+    assert full["val_loss"] == resumed["val_loss"]
+
+
+def test_sigint_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path) -> None:
+    trainer = Trainer(config(tmp_path, training={"max_steps": 50, "save_interval": 100}))
+    stop_at(trainer, 2)
+    summary = trainer.fit()
+    assert summary["status"] == "interrupted" and summary["step"] == 2
+    run = tmp_path / "runs" / "run"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from stackwise.train import trainer as trainer_module
+
+    real = trainer_module.training_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, objective, generator):
+        calls["n"] += 1
+        loss = real(model, batch, objective, generator)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(trainer_module, "training_loss", poisoned)
+    trainer = Trainer(config(tmp_path, training={"save_interval": 2}))
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit()
+    assert "nan at step 5" in str(err.value) and "step_00000004" in str(err.value)
+    run = tmp_path / "runs" / "run"
+    assert [p.name for p in ckpt.checkpoint_dirs(run / "checkpoints")][-1] == "step_00000004"
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the NaN step was never applied
+
+
+def test_fp16_trains_with_a_grad_scaler(tmp_path: Path) -> None:
+    trainer = Trainer(config(tmp_path, training={"precision": "fp16", "max_steps": 4}))
+    summary = trainer.fit()
+    assert isinstance(trainer.scaler, torch.amp.GradScaler)
+    assert math.isfinite(summary["loss"])
+    saved = torch.load(Path(summary["last_checkpoint"]) / "optimizer.pt", weights_only=False)
+    assert saved["scaler"]["scale"] > 0
+
+
+def test_bf16_and_fp32_use_no_scaler(tmp_path: Path) -> None:
+    assert Trainer(config(tmp_path, training={"precision": "bf16"})).prepare().scaler is None
+    assert Trainer(config(tmp_path / "x", training={"precision": "fp32"})).prepare().scaler is None
+
+
+def test_the_run_directory_holds_what_a_user_reads(tmp_path: Path) -> None:
+    summary = Trainer(config(tmp_path, logging={"tensorboard": True}, training={"ckpt_keep": 1})).fit()
+    run = tmp_path / "runs" / "run"
+    assert StackwiseConfig.from_yaml(run / "config.yaml").training.max_steps == 8
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert {"lr", "grad_norm", "tokens_per_s"} <= set(rows[0])
+    assert any("val_loss" in r and "val_bits_per_byte" in r for r in rows)
+    assert [p.name for p in ckpt.checkpoint_dirs(run / "checkpoints")] == ["step_00000008"]  # ckpt_keep 1
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert summary["tokens"] == 8 * 4 * 16
+    if any(True for _ in (run / "logs").glob("events.out.tfevents.*")):
+        return
+    pytest.importorskip("tensorboard")
+    pytest.fail("tensorboard is installed but no event file was written")
+
+
+def test_validation_loss_falls_below_the_unigram_entropy(tmp_path: Path) -> None:
+    summary = Trainer(
+        config(
+            tmp_path,
+            training={
+                "max_steps": 80,
+                "batch_size": 16,
+                "seq_len": 32,
+                "learning_rate": 1e-2,
+                "validation_interval": 80,
+            },
+            model={"dropout": 0.0, "d_model": 64},
+        )
+    ).fit()
+    assert summary["val_loss"] < 0.5 * summary["unigram_entropy"], summary
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    Trainer(config(tmp_path, training={"max_steps": 2})).fit()
+    with pytest.raises(TrainingError, match="already has checkpoints"):
+        Trainer(config(tmp_path, training={"max_steps": 2})).prepare()
+
+
+def test_resuming_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    Trainer(config(tmp_path, training={"max_steps": 2})).fit()
+    other = config(tmp_path, model={"d_model": 48}, training={"max_steps": 4, "resume_from_checkpoint": "latest"})
+    with pytest.raises(ckpt.CheckpointError, match="d_model: checkpoint 32, config 48"):
+        Trainer(other).prepare()
+
+
+def test_unsupported_settings_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        Trainer(config(tmp_path, training={"mode": "layerwise"}))
+    assert any(i.path == "training.mode" and "not supported yet" in i.message for i in err.value.issues)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "muon"])
+def test_each_optimizer_trains(tmp_path: Path, optimizer: str) -> None:
+    pytest.importorskip("bitsandbytes") if optimizer == "adamw_8bit" else None
+    summary = Trainer(config(tmp_path, training={"optimizer": optimizer, "max_steps": 6})).fit()
+    rows = losses(tmp_path / "runs" / "run")
+    assert summary["status"] == "completed" and rows[6] < rows[1]
+
+
+def test_init_from_starts_a_new_run_from_saved_weights(tmp_path: Path) -> None:
+    first = Trainer(config(tmp_path, training={"max_steps": 2}))
+    first.fit()
+    second = Trainer(
+        config(tmp_path, training={"run_id": "second", "init_from": str(tmp_path / "runs" / "run")})
+    ).prepare()
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
