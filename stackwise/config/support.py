@@ -209,12 +209,28 @@ def consumer_of(path: str) -> tuple[str, bool]:
     raise KeyError(f"no consumer recorded for {path}: add it to CONSUMED or PLANNED in stackwise/config/support.py")
 
 
+def _value(cfg: BaseModel, path: str) -> object:
+    value: object = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _default(path: str) -> object:
+    model: type[BaseModel] = StackwiseConfig
+    parts = path.split(".")
+    for part in parts[:-1]:
+        model = section_type(model.model_fields[part].annotation)  # type: ignore[assignment]
+    return model.model_fields[parts[-1]].get_default(call_default_factory=True)
+
+
 def unsupported_settings(cfg: StackwiseConfig) -> list[Issue]:
-    """An error for each setting the config gives that no component consumes yet (what `train` refuses)."""
+    """An error for each setting the config gives a non-default value that no component consumes yet (what
+    `train` refuses). A setting written at its default value asks for what the engine already does."""
     issues = []
     for section in type(cfg).model_fields:
         for path in set_fields(getattr(cfg, section), section):
             component, consumed = consumer_of(path)
-            if not consumed:
+            if not consumed and _value(cfg, path) != _default(path):
                 issues.append(Issue(path, f"`{path}` is not supported yet: it will be read by {component}"))
     return issues

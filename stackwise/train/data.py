@@ -18,8 +18,9 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ STDLIB_EXCLUDED = frozenset({"site-packages", "dist-packages", "test", "tests", 
 # `owner/name` or `name`: what a Hugging Face dataset id looks like (a typo'd local path usually does not).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _RECORD_BATCH = 512
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -94,7 +96,17 @@ def training_sources(cfg: StackwiseConfig) -> list[Source]:
                 f"data.dataset_path is null, so the built-in corpus is used, but no .py files were found under "
                 f"{sysconfig.get_paths()['stdlib']}; set data.dataset_path to your own data"
             )
-        return [Source("data.dataset_path", "data", builtin_label(), "builtin", "stdlib", tuple(files))]
+        return [
+            Source(
+                "data.dataset_path",
+                "data.text_field",
+                builtin_label(),
+                "builtin",
+                "stdlib",
+                tuple(files),
+                streaming=d.streaming,
+            )
+        ]
     return [
         resolve(
             d.dataset_path,
@@ -154,7 +166,7 @@ def _mix_entries(cfg: StackwiseConfig) -> tuple[str, tuple[Any, ...]]:
         ) from err
     if d.data_mix not in mixes:
         raise DataError(f"data.data_mix: no mix `{d.data_mix}` in {file} (mixes: {', '.join(mixes) or 'none'})")
-    return f"data_mixes.{d.data_mix}.datasets", mixes[d.data_mix].datasets
+    return f"{file}: data_mixes.{d.data_mix}.datasets", mixes[d.data_mix].datasets
 
 
 def _entry_source(cfg: StackwiseConfig, entry: Any, prefix: str) -> Source:
@@ -273,6 +285,34 @@ def _kind_of(file: Path, fmt: str, key: str) -> str:
     if kind in ("text", "npy") and file.suffix.lower() in COMPRESSED_SUFFIXES:
         raise DataError(f"{key}: {file} is compressed; only json, jsonl and csv files may be (decompress it)")
     return kind
+
+
+# -- the validation split -----------------------------------------------------------------------------------------
+def holdout_period(fraction: float) -> int | None:
+    """k: every k-th document is held out for validation (None when fraction is 0)."""
+    return max(2, round(1 / fraction)) if fraction > 0 else None
+
+
+def label_documents(items: Iterable[T], k: int | None) -> Iterator[tuple[bool, T]]:
+    """(held_out, item) for each item: item i is held out iff `i % k == k - 1`, or, when that holds out none of
+    n >= 2 items (n < k), iff it is the last. One item of look-ahead decides that, so streams can be split too."""
+    i, previous = -1, None
+    for i, item in enumerate(items):
+        if i > 0:
+            yield k is not None and (i - 1) % k == k - 1, previous
+        previous = item
+    if i >= 0:
+        yield k is not None and (i % k == k - 1 or 2 <= i + 1 < k), previous
+
+
+def training_documents(cfg: StackwiseConfig) -> Iterator[str]:
+    """The training documents of `cfg.data`, source after source, without the held-out ones (to train a tokenizer)."""
+    if cfg.data.use_dummy_data:
+        raise DataError("data.use_dummy_data: dummy data is random token ids, with no text to read")
+    holdout = None if cfg.data.validation_path is not None else holdout_period(cfg.data.validation_fraction)
+    for source in training_sources(cfg):
+        docs = label_documents(islice(documents(source), cfg.data.num_samples), holdout)
+        yield from (doc for held, doc in docs if not held)
 
 
 # -- reading documents -----------------------------------------------------------------------------------------

@@ -5,14 +5,14 @@ sample `g` of a run is a pure function of (config, g), so `batches(g)` resumes a
 
 - Tokenise and pack: each document becomes its ids and an EOS; a source's documents are concatenated in order and
   cut into consecutive `seq_len` sequences; the short tail is dropped.
-- Validation split: document i (0-based, source order) is held out iff `i % k == k - 1`, k = max(2, round(1/f))
-  (or the last document, when that rule holds out none of n >= 2). It needs one document of look-ahead, so it
-  works on streams too. `.npy` token arrays hold out every k-th sequence by the same rule.
+- Validation split: data.py's `label_documents` holds out every k-th document (one document of look-ahead, so it
+  works on streams too); `.npy` token arrays hold out every k-th sequence by the same rule, computed, not listed.
 - Mixture order: sample g reads the source drawn by a numpy Generator seeded with (seed, g // 4096), and that
   source's next sequence, in a permutation seeded with (seed, source, pass). Any start is replayed by counting
   draws, vectorised, so resuming at sample 10^6 costs milliseconds.
+  With data.shuffle false each source is read in order; the weighted draws between sources stay random.
 - Map-style loading (the default): a `Dataset` of (source, sequence) pairs and a batch sampler in the main process.
-- Streaming: an `IterableDataset` that reads documents lazily. Logical worker w of W reads every W-th training
+- Streaming (data.streaming, or any source's `streaming`; then every source is read lazily): an `IterableDataset`. Logical worker w of W reads every W-th training
   document, shuffles them in a seeded buffer and packs them; it produces the blocks of `batch_size` samples
   b with b % W == w. The `DataLoader` returns worker results round-robin in order, so the stream is deterministic
   for a given num_workers. A stream has no index: `batches(g)` re-reads and drops the samples before g.
@@ -30,7 +30,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from .data import DataError, Source, check_token_ids, documents, token_files, training_sources, validation_source
+from .data import (
+    DataError,
+    Source,
+    check_token_ids,
+    documents,
+    holdout_period,
+    label_documents,
+    token_files,
+    training_sources,
+    validation_source,
+)
 
 if TYPE_CHECKING:
     from stackwise.config.schema import StackwiseConfig
@@ -90,22 +100,6 @@ def pack_stream(chunks: Iterable[np.ndarray], seq_len: int) -> Iterator[np.ndarr
 
 
 # -- validation split --------------------------------------------------------------------------------------------
-def holdout_period(fraction: float) -> int | None:
-    """k: every k-th document is held out for validation (None when fraction is 0)."""
-    return max(2, round(1 / fraction)) if fraction > 0 else None
-
-
-def label_documents(items: Iterable[T], k: int | None) -> Iterator[tuple[bool, T]]:
-    """(held_out, item) for each item, by the rule in the module docstring (one item of look-ahead)."""
-    i, previous = -1, None
-    for i, item in enumerate(items):
-        if i > 0:
-            yield k is not None and (i - 1) % k == k - 1, previous
-        previous = item
-    if i >= 0:
-        yield k is not None and (i % k == k - 1 or 2 <= i + 1 < k), previous
-
-
 def split_sizes(n: int, k: int | None) -> tuple[int, int]:
     """(training, validation) counts of n items under `label_documents`."""
     held = 0 if k is None or n < 2 else (n // k if n >= k else 1)
@@ -406,9 +400,10 @@ class StreamDataset(IterableDataset):
                 yield item
             if empty:
                 source = st.sources[s]
+                share = f" for reader {worker} of {st.workers} (the readers take the documents in turn)"
                 raise DataError(
-                    f"{source.key}: {source.where()} has no training documents for reader {worker} of {st.workers} "
-                    "(with data.num_workers > 1, each reader takes every data.num_workers-th document)"
+                    f"{source.key}: {source.where()} has no training documents{share if st.workers > 1 else ''}; "
+                    "add documents" + (" or lower data.num_workers" if st.workers > 1 else "")
                 )
 
 

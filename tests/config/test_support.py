@@ -55,3 +55,11 @@ def test_set_fields_not_consumed_are_refused() -> None:
     assert "training.learning_rate" not in issues  # the trainer reads it
     assert "issue #5" in issues["training.mode"]
     assert issues["training.mode"].startswith("`training.mode` is not supported yet")
+
+
+def test_a_planned_setting_written_at_its_default_is_not_refused() -> None:
+    # `mode: end_to_end` asks for what the engine does; `mode: fused` asks for what it does not do yet.
+    same = StackwiseConfig.from_dict({"training": {"mode": "end_to_end", "progressive": {"enabled": False}}})
+    assert unsupported_settings(same) == []
+    other = StackwiseConfig.from_dict({"training": {"mode": "fused", "progressive": {"enabled": True}}})
+    assert [i.path for i in unsupported_settings(other)] == ["training.mode", "training.progressive.enabled"]

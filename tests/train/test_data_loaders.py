@@ -124,7 +124,9 @@ def test_map_dataset_pickles_without_the_token_arrays(tmp_path: Path):
     assert again[[0, 3]].tolist() == list(range(24, 32))
 
 
-def test_a_reader_left_without_documents_is_a_data_error(tmp_path: Path):
-    p = build(tmp_path, {"dataset_path": corpus(tmp_path, 1), "streaming": True, "num_workers": 2})
-    with pytest.raises(DataError, match=r"data\.dataset_path: .* no training documents for reader 1 of 2"):
+def test_a_stream_without_documents_is_a_data_error(tmp_path: Path):
+    # With data.num_workers 2 and one document the second reader gets none: the same check, in a worker.
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": ""}, {"text": None}])
+    p = build(tmp_path, {"dataset_path": str(path), "streaming": True})
+    with pytest.raises(DataError, match=r"data\.dataset_path: .*d\.jsonl has no training documents; add documents"):
         take(p, 8)

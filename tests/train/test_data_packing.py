@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from stackwise.train.data import DataError, holdout_period, label_documents, training_documents
 from stackwise.train.packing import (
     MixtureOrder,
-    holdout_period,
-    label_documents,
     pack,
     pack_stream,
     split_index,
     split_sizes,
 )
 
-from .test_data import EOS, build, epoch_rows, stream, tagged_docs, tags_in, take, write_jsonl, write_texts
+from .test_data import EOS, build, epoch_rows, make_cfg, stream, tagged_docs, tags_in, take, write_jsonl, write_texts
 
 
 def test_packing_puts_eos_between_documents_and_drops_the_tail(tmp_path: Path):
@@ -157,3 +156,12 @@ def test_no_validation_sequences_asked_for(tmp_path: Path):
     data = {"dataset_path": str(tmp_path / "c"), "validation_path": str(tmp_path / "c" / "doc000.txt")}
     assert build(tmp_path, data, eval_sequences=0).validation is None
     assert build(tmp_path, data, eval_sequences=3).validation.shape == (1, 32)
+
+
+def test_training_documents_for_a_tokenizer_leave_out_validation(tmp_path: Path):
+    docs = tagged_docs(12)
+    write_texts(tmp_path / "c", docs)
+    cfg = make_cfg(tmp_path, {"dataset_path": str(tmp_path / "c"), "validation_fraction": 0.25, "num_samples": 10})
+    assert list(training_documents(cfg)) == [d for i, d in enumerate(docs[:10]) if i % 4 != 3]
+    with pytest.raises(DataError, match=r"data\.use_dummy_data"):
+        list(training_documents(make_cfg(tmp_path, {"use_dummy_data": True})))
