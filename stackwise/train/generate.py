@@ -139,6 +139,10 @@ def generate_text(
     prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     if run.objective == "masked_diffusion":
+        # Bidirectional: the prompt and every generated position fit in one window of max_seq_len.
+        window = int(run.model.arch.get("max_seq_len", 2048))
+        prompt_ids = prompt_ids[-(window // 2) :]
+        max_new_tokens = min(max_new_tokens, window - prompt_ids.numel())
         out = sample_masked(
             run.model,
             prompt_ids,

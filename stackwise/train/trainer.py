@@ -182,6 +182,7 @@ class Trainer:
         tokens_per_step = t.batch_size * t.gradient_accumulation_steps * t.seq_len
         return {
             "run_dir": str(self.run_dir),
+            "stage": t.stage,
             "model": f"{self.parameter_count / 1e6:.2f}M parameters, {self.cfg.model.n_layers} layers, "
             f"d_model {self.cfg.model.d_model}, vocab {self.vocab_size}",
             "objective": self.objective.kind,
