@@ -454,6 +454,9 @@ def pretrained_model(cfg: StackwiseConfig, vocab_size: int) -> torch.nn.Module:
         have, want = model.arch.get(key), expected.get(key)
         if key == "n_kv_heads":
             have, want = have or model.arch["n_heads"], want or expected["n_heads"]
+        if key == "head_dim":  # null means d_model / n_heads on both sides
+            have = have or model.arch["d_model"] // model.arch["n_heads"]
+            want = want or expected["d_model"] // expected["n_heads"]
         if key in ("rope_theta",) and not model.arch.get("use_rope"):
             continue
         if key in expected and have != want:

@@ -214,3 +214,45 @@ def test_init_from_starts_a_new_run_from_saved_weights(tmp_path: Path) -> None:
     ).prepare()
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_pretrained_name_loads_a_local_transformers_model(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=258, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    hf.save_pretrained(tmp_path / "gpt2-tiny")
+    model = {
+        "pretrained_name": str(tmp_path / "gpt2-tiny"),
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "d_ff": 128,
+        "max_seq_len": 64,
+        "ffn_activation": "gelu",
+        "norm_type": "layernorm",
+        "norm_eps": 1e-5,
+        "use_rope": False,
+        "bias": True,
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+    }
+    trainer = Trainer(config(tmp_path, model=model)).prepare()
+    ids = torch.randint(0, 258, (2, 16))
+    hf.eval()
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(trainer.model(ids), hf(ids).logits, atol=1e-4)
+    wrong = config(tmp_path / "w", model={**model, "d_ff": 64})
+    with pytest.raises(TrainingError, match="model.d_ff: 64 in the config, 128 in"):
+        Trainer(wrong).prepare()
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb_cfg = {"enabled": True, "mode": "offline", "project": "stackwise-test"}
+    summary = Trainer(config(tmp_path, logging={"wandb": wandb_cfg}, training={"max_steps": 2})).fit()
+    assert summary["status"] == "completed"
+    runs = list((tmp_path / "runs" / "run" / "wandb").glob("offline-run-*"))
+    assert runs and any(runs[0].rglob("*.wandb"))
