@@ -256,3 +256,13 @@ def test_wandb_offline_writes_a_local_run(tmp_path: Path, monkeypatch) -> None:
     assert summary["status"] == "completed"
     runs = list((tmp_path / "runs" / "run" / "wandb").glob("offline-run-*"))
     assert runs and any(runs[0].rglob("*.wandb"))
+
+
+def test_compile_trains_to_the_same_losses_as_eager(tmp_path: Path) -> None:
+    # Regional compilation (each layer) on the CPU backend: slow to compile (~30 s), so one short run.
+    settings = {"max_steps": 2, "validation_interval": 100}
+    eager = Trainer(config(tmp_path / "e", training=settings, model={"dropout": 0.0})).fit()
+    compiled = Trainer(config(tmp_path / "c", training={**settings, "compile": True}, model={"dropout": 0.0})).fit()
+    a, b = losses(tmp_path / "e" / "runs" / "run"), losses(tmp_path / "c" / "runs" / "run")
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
+    assert compiled["status"] == eager["status"] == "completed"
