@@ -4,7 +4,7 @@ A *source* is one configured dataset (`data.dataset_path`, an entry of `data.dat
 `data.validation_path`, or the built-in corpus). `training_sources` and `validation_source` resolve each one
 into a `Source` (its kind and files) up front, so that a missing path fails before any tokenising;
 `documents(source)` then reads it lazily, one string per document, always in the same order. `.npy` token arrays
-hold tokens, not text: `token_files` opens them memory-mapped and packing.py cuts them into sequences.
+hold tokens, not text: `token_files` opens them memory-mapped and loaders.py's `TokenFileRows` cuts them into sequences.
 
 Every problem a user can cause is a `DataError` that names the config key, the file, and what is expected.
 """

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stackwise.train.data import DataError
-from stackwise.train.packing import MixtureOrder, SequenceDataset
+from stackwise.train.loaders import MixtureOrder, SequenceDataset
 
 from .test_data import build, stream, tagged_docs, tags_in, take, write_jsonl, write_texts
 

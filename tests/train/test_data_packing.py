@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from stackwise.train.data import DataError, holdout_period, label_documents, training_documents
-from stackwise.train.packing import (
-    MixtureOrder,
-    pack,
-    pack_stream,
-    split_index,
-    split_sizes,
-)
+from stackwise.train.loaders import MixtureOrder, split_index, split_sizes
+from stackwise.train.packing import pack, pack_stream
 
 from .test_data import EOS, build, epoch_rows, make_cfg, stream, tagged_docs, tags_in, take, write_jsonl, write_texts
 
