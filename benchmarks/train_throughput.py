@@ -15,7 +15,7 @@ What both sides train, and why it is the same work:
   `{"input_ids": s[:-1], "labels": s[:-1], "shift_labels": s[1:]}`. `shift_labels` is the Trainer's supported
   way to hand over targets that are already shifted (its padding-free collators use it), so both models read the
   same L input tokens and predict the same L targets: the same loss, on the same weights, which the JSON shows
-  (`loss`: first and last step of the first round of each). Feeding HF the L + 1 tokens instead would make it
+  (`loss_first_last` and `max_loss_difference`, over the steps of the first round). Feeding HF the L + 1 tokens instead would make it
   run L + 1 positions; `labels = input_ids` alone would drop one target per sequence. Tokens/s counts B x L input
   tokens per optimizer step for both, as stackwise's own logs do.
 - Optimizer: `torch.optim.AdamW` on both sides (single-tensor on CPU in both), same lr, betas, eps 1e-8 and
@@ -23,14 +23,21 @@ What both sides train, and why it is the same work:
   everything but biases and LayerNorms, so wte/wpe too), constant lr without warmup, gradient clipping at 1.0.
   No evaluation, no checkpoints, no logging during the timed steps, `dataloader_num_workers=0`, same thread count.
 
-Timing: each round builds a fresh trainer and runs `--warmup + --steps` optimizer steps. The clock is read at the
-start and end of every optimizer step: for stackwise around `Trainer.train_step` (which also takes its batch from
-the loader), for transformers with a `TrainerCallback` (`on_step_begin` / `on_step_end`; its batch is fetched
-just before). `tokens_per_s` is steps x B x L over the wall time from the end of the last warm-up step to the end
-of the last step, so it includes whatever each loop does between steps; `in_step_tokens_per_s` counts only the
-time inside the steps. Setup (tokenising, building the model and trainer) and stackwise's final checkpoint are
-outside both. Rounds alternate (stackwise, transformers, stackwise, ...) because the machine is shared and noisy;
-the medians over rounds are compared. Prints one JSON object; a ratio above 1 means stackwise is faster.
+Timing: each round builds a fresh pair of trainers (setup, tokenising included, is outside the timing) and runs
+their own training loops, `Trainer.fit()` and `transformers.Trainer.train()`, each in its own thread, taking
+optimizer steps in turn: one stackwise step, one transformers step, and so on, the other loop waiting while a step
+runs. The machine is shared and noisy (another process on one of the two cores slows a 2-thread step 3x), so
+steps that are seconds apart see the same machine; which library goes first alternates between rounds. The clock
+is read at the start and end of every optimizer step: for stackwise around `Trainer.train_step` (which also takes
+its batch from the loader), for transformers with a `TrainerCallback` (`on_step_begin` / `on_step_end`; its batch
+is fetched just before). The first `--warmup` steps of each are not timed, nor a last step that keeps one loop's
+teardown (stackwise writes a final checkpoint) away from the other's timed steps. What each loop does between
+steps (the lr schedule, logging checks, transformers' batch fetch) is outside the timed steps; run one after the
+other, those gaps measured under 10 ms a step for both, against about 2 s for a step.
+
+Per round, tokens/s = timed steps x B x L / their summed time; the JSON has each round, the medians over rounds and
+their ratio, and the median over all timed step pairs of (transformers step time / stackwise step time), the
+figure least moved by noise. Prints one JSON object; a ratio above 1 means stackwise is faster.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -57,27 +66,61 @@ from torch.utils.data import Dataset
 from stackwise import StackwiseConfig, Trainer
 from stackwise.models import from_hf
 
+NAMES = ("stackwise", "transformers")
+
+
+class Turns:
+    """Lets two training loops, each in its own thread, take optimizer steps in turn."""
+
+    def __init__(self, first: str):
+        self.turn = first
+        self.finished: set[str] = set()
+        self.cond = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == name or self.finished - {name})
+
+    def pass_on(self, name: str) -> None:
+        with self.cond:
+            self.turn = next(n for n in NAMES if n != name)
+            self.cond.notify_all()
+
+    def finish(self, name: str) -> None:
+        with self.cond:
+            self.finished.add(name)
+            self.cond.notify_all()
+
 
 class StepClock(transformers.TrainerCallback):
-    """Start and end times of each optimizer step, and its loss; a TrainerCallback, also called by hand."""
+    """Waits for this loop's turn at the start of each optimizer step; records its start, end, loss and threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, turns: Turns):
+        self.name, self.turns = name, turns
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.losses: list[float] = []
+        self.threads: set[int] = set()
 
-    def on_step_begin(self, args, state, control, **kwargs) -> None:
+    def begin(self) -> None:
+        self.turns.wait(self.name)
+        self.threads.add(torch.get_num_threads())
         self.starts.append(time.perf_counter())
 
-    def on_step_end(self, args, state, control, **kwargs) -> None:
+    def end(self) -> None:
         self.ends.append(time.perf_counter())
+        self.turns.pass_on(self.name)
 
-    def rates(self, warmup: int, tokens_per_step: int) -> tuple[float, float]:
-        """(wall-clock tokens/s over the steps after `warmup`, tokens/s counting only the time inside them)."""
-        n = len(self.ends) - warmup
-        wall = self.ends[-1] - self.ends[warmup - 1] if warmup else self.ends[-1] - self.starts[0]
-        inside = sum(e - s for s, e in zip(self.starts[warmup:], self.ends[warmup:], strict=True))
-        return n * tokens_per_step / wall, n * tokens_per_step / inside
+    def on_step_begin(self, args, state, control, **kwargs) -> None:
+        self.begin()
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        self.end()
+
+    def timed(self, warmup: int, steps: int) -> list[float]:
+        """Durations in seconds of the timed steps."""
+        window = slice(warmup, warmup + steps)
+        return [e - s for s, e in zip(self.starts[window], self.ends[window], strict=True)]
 
 
 class ShiftedSequences(Dataset):
@@ -113,8 +156,12 @@ def gpt2(args: argparse.Namespace) -> transformers.GPT2LMHeadModel:
     return transformers.GPT2LMHeadModel(config)
 
 
+def total_steps(args: argparse.Namespace) -> int:
+    return args.warmup + args.steps + 1  # + 1: an untimed last step, see the module docstring
+
+
 def stackwise_config(args: argparse.Namespace, checkpoint_dir: str) -> StackwiseConfig:
-    total = args.warmup + args.steps
+    total = total_steps(args)
     return StackwiseConfig.from_dict(
         {
             "model": {
@@ -157,31 +204,35 @@ def stackwise_config(args: argparse.Namespace, checkpoint_dir: str) -> Stackwise
     )
 
 
-def prepared_stackwise(args: argparse.Namespace, weights: dict[str, torch.Tensor], workdir: str) -> Trainer:
+def stackwise_loop(args: argparse.Namespace, weights: dict, workdir: str, clock: StepClock) -> tuple[Trainer, Callable]:
+    """A prepared stackwise Trainer with the given weights and its timed train_step, and the call that trains it."""
     trainer = Trainer(stackwise_config(args, workdir)).prepare()
-    trainer.model.load_state_dict(weights)
-    return trainer
-
-
-def run_stackwise(trainer: Trainer, clock: StepClock) -> None:
+    trainer.model.load_state_dict(weights)  # in place: the optimizer holds these parameters
     step = trainer.train_step
 
     def timed(batches):
-        clock.starts.append(time.perf_counter())
+        clock.begin()
         loss, norm = step(batches)
-        clock.ends.append(time.perf_counter())
+        clock.end()
         clock.losses.append(loss)
         return loss, norm
 
     trainer.train_step = timed
-    trainer.fit()
+    return trainer, trainer.fit
 
 
-def run_transformers(args: argparse.Namespace, base, sequences: torch.Tensor, clock: StepClock, workdir: str) -> None:
+def transformers_loop(
+    args: argparse.Namespace,
+    base: transformers.GPT2LMHeadModel,
+    sequences: torch.Tensor,
+    workdir: str,
+    clock: StepClock,
+) -> Callable:
+    """The call that trains a copy of `base` on `sequences` with transformers' Trainer, timed by `clock`."""
     targs = transformers.TrainingArguments(
         output_dir=workdir,
         per_device_train_batch_size=args.batch,
-        max_steps=args.warmup + args.steps,
+        max_steps=total_steps(args),
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         adam_beta1=0.9,
@@ -213,7 +264,28 @@ def run_transformers(args: argparse.Namespace, base, sequences: torch.Tensor, cl
         return loss
 
     trainer.training_step = recorded
-    trainer.train()
+    return trainer.train
+
+
+def run_in_turns(loops: dict[str, Callable], turns: Turns) -> None:
+    """Run each training loop in its own thread (they take steps in turn); re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def body(name: str) -> None:
+        try:
+            loops[name]()
+        except BaseException as err:  # handed to the main thread
+            errors.append(err)
+        finally:
+            turns.finish(name)
+
+    threads = [threading.Thread(target=body, args=(name,), name=name) for name in loops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def cpu_name() -> str:
@@ -233,55 +305,58 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps at the start of each round")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per library, alternating")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per round and library")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; each runs both libraries, steps in turn")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--documents", type=int, default=100, help="documents of the built-in corpus to tokenise")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1: the other loop finishes its setup during the first step")
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     tokens_per_step = args.batch * args.seq
 
     base = gpt2(args)
     weights = from_hf(base).state_dict()
-    results: dict[str, list[StepClock]] = {"stackwise": [], "transformers": []}
-    threads_seen: set[int] = set()
+    clocks: dict[str, list[StepClock]] = {name: [] for name in NAMES}
     sequences = description = None
     # Trainers print to stdout (transformers' final metrics); stdout is kept for the JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        for _ in range(args.rounds):
-            for name in results:
-                gc.collect()
-                threads_seen.add(torch.get_num_threads())
-                clock = StepClock()
-                with tempfile.TemporaryDirectory(prefix="train_throughput-") as workdir:
-                    if name == "stackwise":
-                        trainer = prepared_stackwise(args, weights, workdir)
-                        if sequences is None:  # the batches this run will train on, for transformers
-                            with torch.random.fork_rng(devices=[]):
-                                batches = islice(trainer.data.batches(0), args.warmup + args.steps)
-                                sequences = torch.cat(list(batches))
-                            description = trainer.data.description
-                        run_stackwise(trainer, clock)
-                        del trainer
-                    else:
-                        run_transformers(args, base, sequences, clock, workdir)
-                threads_seen.add(torch.get_num_threads())
-                results[name].append(clock)
+        for r in range(args.rounds):
+            gc.collect()
+            turns = Turns(first=NAMES[r % 2])
+            clock = {name: StepClock(name, turns) for name in NAMES}
+            with tempfile.TemporaryDirectory(prefix="train_throughput-") as workdir:
+                trainer, fit = stackwise_loop(args, weights, f"{workdir}/stackwise", clock["stackwise"])
+                if sequences is None:  # the batches stackwise trains on, for transformers
+                    with torch.random.fork_rng(devices=[]):
+                        batches = islice(trainer.data.batches(0), total_steps(args))
+                        sequences = torch.cat(list(batches))
+                    description = trainer.data.description
+                train = transformers_loop(args, base, sequences, f"{workdir}/transformers", clock["transformers"])
+                run_in_turns({"stackwise": fit, "transformers": train}, turns)
+                del trainer, fit, train
+            for name in NAMES:
+                clocks[name].append(clock[name])
 
-    rates = {name: [c.rates(args.warmup, tokens_per_step) for c in clocks] for name, clocks in results.items()}
-    wall = {name: [r[0] for r in rs] for name, rs in rates.items()}
-    inside = {name: [r[1] for r in rs] for name, rs in rates.items()}
-    median = {name: statistics.median(v) for name, v in wall.items()}
-    median_inside = {name: statistics.median(v) for name, v in inside.items()}
+    times = {name: [c.timed(args.warmup, args.steps) for c in cs] for name, cs in clocks.items()}
+    rates = {name: [len(t) * tokens_per_step / sum(t) for t in ts] for name, ts in times.items()}
+    median = {name: statistics.median(v) for name, v in rates.items()}
+    pairs = [
+        hf / ours
+        for ours_round, hf_round in zip(times["stackwise"], times["transformers"], strict=True)
+        for ours, hf in zip(ours_round, hf_round, strict=True)
+    ]
+    all_times = {name: sorted(t for ts in v for t in ts) for name, v in times.items()}
+    first = {name: cs[0].losses for name, cs in clocks.items()}
     print(
         json.dumps(
             {
                 "benchmark": "GPT-2-architecture LM training on CPU, fp32: stackwise Trainer vs transformers Trainer, "
-                "same weights, data and optimizer",
+                "same weights, data and optimizer, steps in turn",
                 "model": {
                     "d_model": args.d_model,
                     "n_layers": args.layers,
@@ -297,18 +372,21 @@ def main() -> None:
                 "tokens_per_step": tokens_per_step,
                 "warmup_steps": args.warmup,
                 "timed_steps": args.steps,
+                "rounds": args.rounds,
                 "optimizer": f"AdamW lr {args.lr:g} betas (0.9, 0.95) weight_decay {args.weight_decay:g}, "
                 "constant lr, clip 1.0",
-                "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in wall.items()},
+                "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
                 "median_tokens_per_s": {k: round(v, 1) for k, v in median.items()},
                 "ratio_stackwise_over_transformers": round(median["stackwise"] / median["transformers"], 3),
-                "in_step_tokens_per_s": {k: [round(x, 1) for x in v] for k, v in inside.items()},
-                "in_step_ratio": round(median_inside["stackwise"] / median_inside["transformers"], 3),
-                "loss": {k: [round(c[0].losses[0], 4), round(c[0].losses[-1], 4)] for k, c in results.items()},
+                "paired_step_ratio_median": round(statistics.median(pairs), 3),
+                "step_seconds_min_median_max": {
+                    k: [round(v[0], 3), round(statistics.median(v), 3), round(v[-1], 3)] for k, v in all_times.items()
+                },
+                "loss_first_last": {k: [round(v[0], 4), round(v[-1], 4)] for k, v in first.items()},
                 "max_loss_difference": round(
-                    max(abs(a - b) for a, b in zip(*(c[0].losses for c in results.values()), strict=True)), 5
+                    max(abs(a - b) for a, b in zip(first["stackwise"], first["transformers"], strict=True)), 5
                 ),
-                "threads": sorted(threads_seen),
+                "threads": sorted(set().union(*(c.threads for cs in clocks.values() for c in cs))),
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "python": platform.python_version(),
