@@ -137,7 +137,7 @@ def resolve(spec: str, run_dir: Path) -> Path:
         pointer = run_dir / "checkpoints" / LATEST
         if not pointer.is_file():
             raise CheckpointError(
-                f"training.resume_from_checkpoint is `latest`, but {run_dir} has no checkpoint yet "
+                f"`latest` names the newest checkpoint of a run, but {run_dir} has no checkpoint yet "
                 f"({pointer} not found); set training.run_id to the run to resume"
             )
         path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
@@ -185,13 +185,10 @@ def load_weights(path: Path, model: nn.Module) -> None:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
 
 
-def load_training_state(
-    path: Path,
-    optimizers: list[torch.optim.Optimizer],
-    scaler: torch.amp.GradScaler | None,
-    generators: dict[str, torch.Generator] | None = None,
-) -> dict[str, Any]:
-    """Restore optimizer, scaler and RNG states; return state.json."""
+def load_optimizer_state(
+    path: Path, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler | None
+) -> None:
+    """Restore optimizer and grad-scaler states (a clear error when the optimizer setup changed)."""
     blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     if len(blob["optimizers"]) != len(optimizers):
         raise CheckpointError(
@@ -199,8 +196,28 @@ def load_training_state(
             "was training.optimizer changed? Use training.init_from to start a new run from its weights"
         )
     for opt, sd in zip(optimizers, blob["optimizers"], strict=True):
-        opt.load_state_dict(sd)
+        try:
+            opt.load_state_dict(sd)
+        except ValueError as err:
+            raise CheckpointError(
+                f"checkpoint {path}: its optimizer state does not fit this run ({err}); was training.optimizer "
+                "or the set of trainable parameters changed? Use training.init_from to start from its weights"
+            ) from err
     if scaler is not None and blob.get("scaler"):
         scaler.load_state_dict(blob["scaler"])
+
+
+def load_rng_state(path: Path, generators: dict[str, torch.Generator] | None = None) -> None:
     set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False), generators)
+
+
+def load_training_state(
+    path: Path,
+    optimizers: list[torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler | None,
+    generators: dict[str, torch.Generator] | None = None,
+) -> dict[str, Any]:
+    """Restore optimizer, scaler and RNG states; return state.json."""
+    load_optimizer_state(path, optimizers, scaler)
+    load_rng_state(path, generators)
     return read_state(path)

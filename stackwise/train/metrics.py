@@ -19,7 +19,7 @@ class MetricsError(RuntimeError):
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop records after `step` (left by the interrupted run a resume continues), so steps never repeat."""
+    """Drop records after `step` (left by the run a resume continues, or by a failed attempt), so no step repeats."""
     if not path.is_file():
         return
     kept = []
@@ -42,16 +42,17 @@ class MetricsLogger:
         *,
         log_dir: Path,
         run_name: str,
+        run_id: str,
         config: dict[str, Any],
-        resume_step: int | None = None,
+        resume_step: int = 0,
     ):
         self.jsonl: Path | None = None
         self.tb = None
         self.wandb = None
         if logging_cfg.jsonl:
             self.jsonl = run_dir / "metrics.jsonl"
-            if resume_step is not None:
-                _truncate_after(self.jsonl, resume_step)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _truncate_after(self.jsonl, resume_step)  # a fresh start (0) clears what an earlier attempt left
         if logging_cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -74,7 +75,7 @@ class MetricsLogger:
                 dir=str(run_dir),
                 config=config,
                 resume="allow",
-                id=run_name.replace("/", "-"),
+                id=run_id,
             )
         self.log_model = w.log_model if self.wandb is not None else None
 

@@ -71,6 +71,11 @@ def run_directory(cfg: StackwiseConfig) -> Path:
         return max(runs, key=lambda p: p.stat().st_mtime).parent.parent
     if t.resume_from_checkpoint:
         path = ckpt.resolve(t.resume_from_checkpoint, root)
+        if path.parent.name != "checkpoints":
+            raise TrainingError(
+                f"checkpoint {path} is not inside a run directory (<run>/checkpoints/step_N); "
+                "set training.run_id to the run directory this resumed run should write to"
+            )
         return path.parent.parent
     return root / datetime.now().strftime("run-%Y%m%d-%H%M%S")
 
@@ -86,6 +91,7 @@ class Trainer:
         self.on_progress = on_progress
         self.progress = Progress()
         self._stop_signal: int | None = None
+        self._saved_step: int | None = None  # the step this run last saved into its own run directory
         self.prepared = False
 
     # -- everything that can fail before the first step ------------------------------------------------
@@ -108,10 +114,16 @@ class Trainer:
         )
         self.run_dir = run_directory(cfg)
         self.resume_from = ckpt.resolve(t.resume_from_checkpoint, self.run_dir) if t.resume_from_checkpoint else None
-        if self.resume_from is None and ckpt.checkpoint_dirs(self.run_dir / "checkpoints"):
+        existing = ckpt.checkpoint_dirs(self.run_dir / "checkpoints")
+        if self.resume_from is None and existing:
             raise TrainingError(
                 f"run directory {self.run_dir} already has checkpoints; resume it with "
                 "training.resume_from_checkpoint=latest, or choose another training.run_id"
+            )
+        if self.resume_from is not None and existing and self.resume_from.resolve() != existing[-1].resolve():
+            raise TrainingError(
+                f"resuming {self.resume_from} into {self.run_dir}, whose newest checkpoint is {existing[-1].name}, "
+                "would mix two training histories in one run directory; resume into a new training.run_id"
             )
 
         eval_bs = cfg.evaluation.batch_size or t.batch_size
@@ -155,6 +167,7 @@ class Trainer:
 
         if self.resume_from is not None:
             ckpt.load_weights(self.resume_from, self.model)
+            ckpt.load_optimizer_state(self.resume_from, self.optimizers, self.scaler)
         self.prepared = True
         return self
 
@@ -166,7 +179,7 @@ class Trainer:
         per_epoch = t.steps_per_epoch or (self.data.samples_per_epoch or 0) // per_step
         if per_epoch == 0:
             raise TrainingError(
-                f"the training data has {self.data.samples_per_epoch} sequences of {self.data.seq_len} tokens, "
+                f"the training data has {self.data.samples_per_epoch} sequences of {t.seq_len} tokens, "
                 f"less than one step of {per_step} (batch_size x gradient_accumulation_steps); "
                 "use more data, a shorter training.seq_len or a smaller batch"
             )
@@ -200,39 +213,36 @@ class Trainer:
         if not self.prepared:
             self.prepare()
         t = self.cfg.training
-        self._write_run_files()
-        resume_state = None
-        # The loader may draw from the global RNG when it starts; fork it so that a resumed run and an
-        # uninterrupted one see the same random stream afterwards.
-        with torch.random.fork_rng(devices=[]):
-            start = 0
-            if self.resume_from is not None:
-                start = ckpt.read_state(self.resume_from)["samples"]
-            batches = self.data.batches(start)
-            first = next(batches)
-        if self.resume_from is not None:
-            resume_state = ckpt.load_training_state(
-                self.resume_from, self.optimizers, self.scaler, {"mask": self.mask_generator}
-            )
-            self.progress = Progress(
-                resume_state["step"], resume_state["samples"], resume_state["tokens"], self.resume_from
-            )
-        batches = _chain(first, batches)
+        resuming = self.resume_from is not None
+        if resuming:
+            state = ckpt.read_state(self.resume_from)
+            self.progress = Progress(state["step"], state["samples"], state["tokens"], self.resume_from)
+        # Sinks first: one that cannot start (W&B missing) fails before the run's files are touched.
         self.metrics = MetricsLogger(
             self.run_dir,
             self.cfg.logging,
             log_dir=Path(t.log_dir) if t.log_dir else self.run_dir / "logs",
             run_name=self.run_dir.name,
+            run_id=self._wandb_id(resuming),
             config=self.cfg.to_dict(),
-            resume_step=self.progress.step if resume_state else None,
+            resume_step=self.progress.step,
         )
-        status = "completed"
+        self._write_run_files()
+        # The loader may draw from the global RNG when it starts; fork it so that a resumed run and an
+        # uninterrupted one see the same random stream afterwards.
+        with torch.random.fork_rng(devices=[]):
+            batches = self.data.batches(self.progress.samples)
+            first = next(batches)
+        if resuming:
+            ckpt.load_rng_state(self.resume_from, {"mask": self.mask_generator})
+        batches = _chain(first, batches)
+        status = "failed"
         started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
         losses: list[float] = []
         self.model.train()
         try:
             with _stop_on_signals(self):
-                while self.progress.step < self.total_steps:
+                while self.progress.step < self.total_steps and self._stop_signal is None:
                     lr = self._set_lr()
                     loss, grad_norm = self.train_step(batches)
                     losses.append(loss)
@@ -253,17 +263,14 @@ class Trainer:
                         self._log(self.evaluate())
                     if p.step % t.save_interval == 0 and p.step < self.total_steps:
                         self.save()
-                    if self._stop_signal is not None:
-                        status = "interrupted"
-                        break
-            final_eval = self.evaluate() if status == "completed" else {}
-            if final_eval:
-                self._log(final_eval)
-            if (
-                self.progress.last_checkpoint is None
-                or int(self.progress.last_checkpoint.name[5:]) != self.progress.step
-            ):
-                self.save()
+                # Still under the signal handlers: the final checkpoint is written before the final evaluation.
+                if self._saved_step != self.progress.step:
+                    self.save()
+                if self._stop_signal is not None:
+                    status = "interrupted"
+                else:
+                    self._log(self.evaluate())
+                    status = "completed"
         except TrainingDiverged:
             status = "diverged"
             raise
@@ -287,13 +294,7 @@ class Trainer:
             total += loss.detach()
         value = float(total) / accum
         if not math.isfinite(value):
-            self._zero_grad()
-            where = self.progress.last_checkpoint or "none was written yet"
-            raise TrainingDiverged(
-                f"the loss is {value} at step {self.progress.step + 1}; training stopped before applying it. "
-                f"Last good checkpoint: {where}. Lower training.learning_rate, set max_grad_norm, "
-                "or use bf16 instead of fp16"
-            )
+            self._diverged(f"the loss is {value}")
         if self.scaler is not None:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
@@ -303,6 +304,8 @@ class Trainer:
             norm = float(
                 torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
             )
+        if self.scaler is None and not math.isfinite(norm):  # with a scaler, inf gradients skip the step
+            self._diverged(f"the gradient norm is {norm} (loss {value:.4g})")
         for opt in self.optimizers:
             self.scaler.step(opt) if self.scaler else opt.step()
         if self.scaler is not None:
@@ -313,6 +316,20 @@ class Trainer:
         p.samples += t.batch_size * accum
         p.tokens += self._tokens_per_step()
         return value, norm
+
+    def _diverged(self, what: str) -> None:
+        self._zero_grad()
+        t = self.cfg.training
+        where = self.progress.last_checkpoint or "none was written yet"
+        advice = ["lower training.learning_rate"]
+        if t.max_grad_norm is None:
+            advice.append("set training.max_grad_norm (e.g. 1.0)")
+        if self.num.precision == "fp16":
+            advice.append("use bf16 instead of fp16 where the hardware has it")
+        raise TrainingDiverged(
+            f"{what} at step {self.progress.step + 1}; training stopped before applying it. "
+            f"Last good checkpoint: {where}. To go on: {', '.join(advice)}"
+        )
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics on the fixed validation sequences (empty when there are none)."""
@@ -344,6 +361,7 @@ class Trainer:
             keep=self.cfg.training.ckpt_keep,
         )
         p.last_checkpoint = path
+        self._saved_step = p.step
         self.metrics.checkpoint_saved(path)
         return path
 
@@ -378,6 +396,17 @@ class Trainer:
         if self.on_progress is not None:
             self.on_progress(self.progress.step, self.total_steps, row)
 
+    def _wandb_id(self, resuming: bool) -> str:
+        """The W&B run id: kept in run.json so a resumed run continues the same W&B run; new for a fresh start."""
+        meta = self.run_dir / "run.json"
+        if resuming and meta.is_file():
+            saved = json.loads(meta.read_text(encoding="utf-8")).get("wandb_id")
+            if saved:
+                self.wandb_id = saved
+                return saved
+        self.wandb_id = f"{self.run_dir.name}-{datetime.now().strftime('%Y%m%d%H%M%S')}".replace("/", "-")
+        return self.wandb_id
+
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.to_yaml(self.run_dir / "config.yaml")
@@ -388,6 +417,7 @@ class Trainer:
             "vocab_size": self.vocab_size,
             "seq_len": self.cfg.training.seq_len,
             "tokenizer": derived.tokenizer_name(self.cfg),
+            "wandb_id": self.wandb_id,
         }
         ckpt.write_text_atomic(self.run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
 

@@ -266,3 +266,96 @@ def test_compile_trains_to_the_same_losses_as_eager(tmp_path: Path) -> None:
     a, b = losses(tmp_path / "e" / "runs" / "run"), losses(tmp_path / "c" / "runs" / "run")
     assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
     assert compiled["status"] == eager["status"] == "completed"
+
+
+# -- what a run directory keeps when things go wrong ---------------------------------------------------------
+def test_a_checkpoint_outside_a_run_directory_needs_a_run_id(tmp_path: Path) -> None:
+    import shutil
+
+    Trainer(config(tmp_path, training={"max_steps": 2, "save_interval": 2})).fit()
+    shutil.copytree(tmp_path / "runs" / "run" / "checkpoints" / "step_00000002", tmp_path / "saved" / "best")
+    cfg = config(tmp_path, training={"run_id": None, "resume_from_checkpoint": str(tmp_path / "saved" / "best")})
+    with pytest.raises(TrainingError, match="set training.run_id"):
+        Trainer(cfg).prepare()
+    resumed = Trainer(cfg.updated({"training.run_id": "from-best", "training.max_steps": 3})).fit()
+    assert resumed["status"] == "completed"
+    assert (tmp_path / "runs" / "from-best" / "checkpoints" / "step_00000003").is_dir()
+
+
+def test_the_final_checkpoint_is_written_before_the_final_evaluation(tmp_path: Path, monkeypatch) -> None:
+    trainer = Trainer(config(tmp_path, training={"max_steps": 3, "save_interval": 100, "validation_interval": 100}))
+    real = Trainer.evaluate
+
+    def interrupted_evaluation(self):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the final evaluation runs
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", interrupted_evaluation)
+    summary = trainer.fit()
+    assert (tmp_path / "runs" / "run" / "checkpoints" / "step_00000003").is_dir()
+    assert summary["step"] == 3
+
+
+def test_resuming_an_older_checkpoint_into_its_run_is_refused(tmp_path: Path) -> None:
+    Trainer(config(tmp_path, training={"save_interval": 4})).fit()
+    old = tmp_path / "runs" / "run" / "checkpoints" / "step_00000004"
+    with pytest.raises(TrainingError, match="mix two training histories"):
+        Trainer(config(tmp_path, training={"resume_from_checkpoint": str(old)})).prepare()
+
+
+def test_a_crash_is_recorded_as_failed_not_completed(tmp_path: Path, monkeypatch) -> None:
+    def broken(self, batches):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Trainer, "train_step", broken)
+    with pytest.raises(RuntimeError):
+        Trainer(config(tmp_path)).fit()
+    assert json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_finished_run_resumed_into_a_new_run_id_gets_its_own_checkpoint(tmp_path: Path) -> None:
+    Trainer(config(tmp_path, training={"max_steps": 4})).fit()
+    source = str(tmp_path / "runs" / "run")
+    summary = Trainer(
+        config(tmp_path, training={"max_steps": 4, "run_id": "copy", "resume_from_checkpoint": source})
+    ).fit()
+    assert summary["status"] == "completed"
+    assert (tmp_path / "runs" / "copy" / "checkpoints" / "step_00000004").is_dir()
+
+
+def test_a_fresh_start_in_a_run_without_checkpoints_does_not_repeat_metric_steps(tmp_path: Path, monkeypatch) -> None:
+    from stackwise.train import trainer as trainer_module
+
+    real = trainer_module.training_loss
+    calls = {"n": 0}
+
+    def nan_at_three(model, batch, objective, generator):
+        calls["n"] += 1
+        loss = real(model, batch, objective, generator)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer_module, "training_loss", nan_at_three)
+    with pytest.raises(TrainingDiverged):
+        Trainer(config(tmp_path, training={"save_interval": 100})).fit()
+    monkeypatch.setattr(trainer_module, "training_loss", real)
+    Trainer(config(tmp_path, training={"max_steps": 4})).fit()
+    assert sorted(losses(tmp_path / "runs" / "run")) == [1, 2, 3, 4]
+
+
+def test_infinite_gradients_without_a_scaler_stop_before_the_step(tmp_path: Path, monkeypatch) -> None:
+    trainer = Trainer(config(tmp_path, training={"max_steps": 4, "max_grad_norm": None})).prepare()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    hook = trainer.model.head.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TrainingDiverged, match="gradient norm is"):
+        trainer.fit()
+    hook.remove()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_an_optimizer_change_on_resume_fails_before_the_run_files_change(tmp_path: Path) -> None:
+    Trainer(config(tmp_path, training={"max_steps": 2, "optimizer": "muon"})).fit()
+    saved = (tmp_path / "runs" / "run" / "config.yaml").read_text()
+    cfg = config(tmp_path, training={"max_steps": 4, "optimizer": "adamw", "resume_from_checkpoint": "latest"})
+    with pytest.raises(ckpt.CheckpointError, match="training.optimizer"):
+        Trainer(cfg).prepare()
+    assert (tmp_path / "runs" / "run" / "config.yaml").read_text() == saved
