@@ -44,7 +44,7 @@ def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
     if not (run_dir / "run.json").is_file():
         raise GenerateError(f"{path} is not a stackwise run directory or checkpoint (no run.json found)")
     try:
-        checkpoint = ckpt.resolve(str(path), run_dir) if path != run_dir else ckpt.resolve(ckpt.LATEST, run_dir)
+        checkpoint = ckpt.resolve(str(path), run_dir)  # a run directory resolves to its latest checkpoint
     except ckpt.CheckpointError as err:
         raise GenerateError(str(err)) from err
     meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))

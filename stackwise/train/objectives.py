@@ -125,6 +125,8 @@ def evaluate(
     device = next(model.parameters()).device
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
     n = sequences.shape[0]
+    if token_bytes is not None:
+        token_bytes = token_bytes.to(device)
     if objective.kind != "causal":  # one draw for all sequences: the masks do not depend on the batch size
         u_all = torch.rand(sequences.shape, generator=torch.Generator().manual_seed(EVAL_MASK_SEED))
         t_all = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # (N,) stratified over (0, 1)
@@ -146,7 +148,7 @@ def evaluate(
         total_nats += float(nats)
         total_tokens += targets.numel()
         if token_bytes is not None:
-            total_bytes += int(token_bytes.to(device)[targets].sum())
+            total_bytes += int(token_bytes[targets].sum())
     model.train(was_training)
     loss = total_nats / max(total_tokens, 1)
     metrics = {"val_loss": loss, "val_bits_per_token": loss / math.log(2)}

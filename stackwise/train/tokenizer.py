@@ -29,22 +29,13 @@ class TokenizerError(ValueError):
     """A tokenizer could not be loaded or does not fit the model."""
 
 
-def _byte_alphabet() -> list[str]:
-    """GPT-2's reversible byte -> printable character table (so byte-level BPE and `bytes` share a decoder)."""
-    from tokenizers import pre_tokenizers
-
-    return sorted(pre_tokenizers.ByteLevel.alphabet(), key=_byte_of)
-
-
-def _byte_of(char: str) -> int:
-    # GPT-2 maps printable latin-1 bytes to themselves and the rest to 256 + n, in byte order.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    code = ord(char)
-    if code in printable:
-        return code
-    others = [b for b in range(256) if b not in printable]
-    return others[code - 256]
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (so byte-level BPE and `bytes` share a decoder):
+    printable latin-1 bytes stand for themselves, the others for 256 + n, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in table)})
+    return table
 
 
 def _wrap(tokenizer: Any, **special: str) -> Any:
@@ -79,7 +70,7 @@ def gpt2_tokenizer() -> Any:
 
 def byte_tokenizer() -> Any:
     """One id per byte, then <|endoftext|> (256) and <|mask|> (257)."""
-    vocab = {char: _byte_of(char) for char in _byte_alphabet()}
+    vocab = {char: byte for byte, char in _byte_chars().items()}
     vocab[EOS] = 256
     vocab[MASK] = 257
     tok = _byte_level(vocab, [])

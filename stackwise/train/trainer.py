@@ -192,7 +192,6 @@ class Trainer:
     def describe(self) -> dict[str, Any]:
         """What this run will do, for the summary printed before training."""
         t = self.cfg.training
-        tokens_per_step = t.batch_size * t.gradient_accumulation_steps * t.seq_len
         return {
             "run_dir": str(self.run_dir),
             "stage": t.stage,
@@ -203,7 +202,7 @@ class Trainer:
             "tokenizer": derived.tokenizer_name(self.cfg),
             "device": self.num.describe(),
             "steps": self.total_steps,
-            "tokens": self.total_steps * tokens_per_step,
+            "tokens": self.total_steps * self._tokens_per_step(),
             "optimizer": t.optimizer,
             "resume": str(self.resume_from) if self.resume_from else None,
         }

@@ -60,6 +60,21 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def poison_loss_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make the training loss NaN on its `call`-th evaluation (1-based)."""
+    from stackwise.train import trainer as trainer_module
+
+    real = trainer_module.training_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, objective, generator):
+        calls["n"] += 1
+        loss = real(model, batch, objective, generator)
+        return loss * float("nan") if calls["n"] == call else loss
+
+    monkeypatch.setattr(trainer_module, "training_loss", poisoned)
+
+
 def stop_at(trainer: Trainer, step: int) -> None:
     """Deliver a real SIGINT to this process when training reaches `step`."""
 
@@ -109,17 +124,7 @@ def test_sigint_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    from stackwise.train import trainer as trainer_module
-
-    real = trainer_module.training_loss
-    calls = {"n": 0}
-
-    def poisoned(model, batch, objective, generator):
-        calls["n"] += 1
-        loss = real(model, batch, objective, generator)
-        return loss * float("nan") if calls["n"] == 5 else loss
-
-    monkeypatch.setattr(trainer_module, "training_loss", poisoned)
+    poison_loss_at(monkeypatch, 5)
     trainer = Trainer(config(tmp_path, training={"save_interval": 2}))
     with pytest.raises(TrainingDiverged) as err:
         trainer.fit()
@@ -324,20 +329,10 @@ def test_a_finished_run_resumed_into_a_new_run_id_gets_its_own_checkpoint(tmp_pa
 
 
 def test_a_fresh_start_in_a_run_without_checkpoints_does_not_repeat_metric_steps(tmp_path: Path, monkeypatch) -> None:
-    from stackwise.train import trainer as trainer_module
-
-    real = trainer_module.training_loss
-    calls = {"n": 0}
-
-    def nan_at_three(model, batch, objective, generator):
-        calls["n"] += 1
-        loss = real(model, batch, objective, generator)
-        return loss * float("nan") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(trainer_module, "training_loss", nan_at_three)
+    poison_loss_at(monkeypatch, 3)
     with pytest.raises(TrainingDiverged):
         Trainer(config(tmp_path, training={"save_interval": 100})).fit()
-    monkeypatch.setattr(trainer_module, "training_loss", real)
+    monkeypatch.undo()
     Trainer(config(tmp_path, training={"max_steps": 4})).fit()
     assert sorted(losses(tmp_path / "runs" / "run")) == [1, 2, 3, 4]
 
