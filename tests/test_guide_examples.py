@@ -54,11 +54,14 @@ training:
 """
 
 
-def test_000_production_warns_that_its_qlora_settings_do_nothing(tmp_path: Path) -> None:
-    # Valid, but with fusion_mode frozen the QLoRA/quantization keys are ignored, and time-step masking
-    # (masked diffusion) under causal attention sees only left context: examples/000_production.yaml fixes both.
+def test_000_production_needs_a_mask_token_and_warns_that_its_qlora_settings_do_nothing(tmp_path: Path) -> None:
+    # Time-step masking trains masked diffusion, whose mask token comes after GPT-2's 50257 ids: vocab_size
+    # 50257 has no room for it (training would stop at the tokenizer check). With fusion_mode frozen the
+    # QLoRA/quantization keys are ignored, and masked diffusion under causal attention sees only left context:
+    # examples/000_production.yaml fixes all three.
     result = load_config(write(tmp_path, GUIDE_000_PRODUCTION))
-    assert result.valid
+    assert "at least 50258" in only(result.errors, "model.vocab_size").message
+    assert len(result.errors) == 1
     assert {i.path for i in result.warnings} == {
         "training.qlora_enabled",
         "training.quantization_type",

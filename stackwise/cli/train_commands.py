@@ -1,4 +1,4 @@
-"""`stackwise train`, `stackwise generate` and `stackwise tokenizer train`.
+"""`stackwise train`, `stackwise plan`, `stackwise generate` and `stackwise tokenizer train`.
 
 Exit codes of `train`: 0 finished; 1 an invalid or refused config, or a problem found before training (data,
 tokenizer, device, checkpoint), or a diverged loss; 2 usage errors; 130 stopped by Ctrl-C / SIGTERM after
@@ -80,10 +80,16 @@ def train(
     except _user_errors() as err:
         raise _fail(console, str(err)) from None
     _print_plan(console, trainer.describe())
+    if len(trainer.stages) > 1:
+        from ..train.plan import stage_rows
+
+        print_stages(console, stage_rows(cfg, trainer.stages, trainer.vocab_size))
     summary = _fit(console, trainer, TrainingDiverged)
     console.print(
         "[bold]done[/]: "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if k not in ("last_checkpoint",) and v is not None)
+        + ", ".join(
+            f"{k} {_fmt(v)}" for k, v in summary.items() if k not in ("last_checkpoint", "stages") and v is not None
+        )
     )
     console.print(f"run directory: {escape(str(trainer.run_dir))}")
     if summary["status"] == "interrupted":
@@ -95,6 +101,45 @@ def train(
         raise typer.Exit(130)
     if sample and trainer.data.validation is not None and not cfg.data.use_dummy_data:
         _print_sample(console, trainer)
+
+
+def plan(
+    path: Path = typer.Argument(..., help="Config file."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE...]", help="Overrides and group choices."),
+    config_dir: list[Path] = typer.Option([], "--config-dir", "-C", help="Extra folder of config groups."),
+) -> None:
+    """Print the stage schedule CONFIG trains, without training: per stage the layers present (new block *),
+    trainable parameters, adapters and ranks, precision per stack, learning rates, steps and mask fraction."""
+    console = Console(highlight=False, soft_wrap=True)
+    cfg = _load_one(path, overrides or [], config_dir).config
+    from ..config.support import unsupported_settings
+
+    issues = unsupported_settings(cfg)
+    if issues:
+        for issue in issues:
+            console.print(escape(str(dataclasses.replace(issue, file=issue.file or str(path)))))
+        raise typer.Exit(1)
+    from ..train.plan import plan_for
+
+    try:
+        stages, rows = plan_for(cfg)
+    except _user_errors() as err:
+        raise _fail(console, str(err)) from None
+    t = cfg.training
+    mode = "progressive" if t.progressive.enabled else t.mode
+    console.print(f"[bold]{escape(str(path))}[/]: {mode}, {len(stages)} stage(s), {stages[-1].end:,} steps")
+    print_stages(console, rows)
+
+
+def print_stages(console: Console, rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(*[name for name in rows[0]], show_lines=False)
+    for row in rows:
+        table.add_row(*[escape(f"{v:,}" if isinstance(v, int) else str(v)) for v in row.values()])
+    # A wide table: wrapped to a pipe's 80 columns it is unreadable, so it gets at least 150.
+    wide = Console(file=console.file, width=max(console.width, 150), highlight=False, no_color=console.no_color)
+    wide.print(table)
 
 
 def _fmt(value: object) -> str:
@@ -217,5 +262,6 @@ def tokenizer_train(
 
 def register(app: typer.Typer) -> None:
     app.command()(train)
+    app.command()(plan)
     app.command()(generate)
     app.add_typer(tokenizer_app, name="tokenizer")

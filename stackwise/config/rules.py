@@ -248,6 +248,9 @@ def seq_len_fits(cfg: StackwiseConfig) -> Iterable[Issue]:
     "model.pretrained_name",
     "model.tokenizer_embedding",
     "training.mask_token_id",
+    "training.objective",
+    "training.time_step_masking",
+    "model.attention_mode",
 )
 def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
     vocab = cfg.model.vocab_size
@@ -265,6 +268,19 @@ def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
                 f"vocab_size ({vocab}) is smaller than the vocabulary of tokenizer `{name}` ({size}); token ids would be out of range",
             )
     mask = cfg.training.mask_token_id
+    if (
+        name == "gpt2"
+        and size is not None
+        and mask is None
+        and vocab == size
+        and derived.objective(cfg) == "masked_diffusion"
+        and not cfg.data.use_dummy_data
+    ):
+        yield error(
+            "model.vocab_size",
+            f"masked diffusion adds a mask token after GPT-2's {size} ids (id {size}), so vocab_size must be at "
+            f"least {size + 1} (or null); or set training.mask_token_id to an existing id",
+        )
     if vocab is not None and mask is not None and mask >= vocab:
         yield error("training.mask_token_id", f"mask_token_id ({mask}) must be below vocab_size ({vocab})")
 
@@ -313,17 +329,24 @@ def options_apply_to_mode(cfg: StackwiseConfig) -> Iterable[Issue]:
     staged = t.mode != "end_to_end" or t.progressive.enabled
     if is_given(cfg, "training.fusion_mode") and t.mode != "fused":
         yield warning("training.fusion_mode", f"fusion_mode only applies to mode fused (mode is {t.mode})")
-    trunk_adapters = t.mode == "fused" and t.fusion_mode == "trainable"
+    trunk_adapters = t.mode == "fused" and t.fusion_mode == "trainable" and not t.progressive.enabled
+    qlora_trunk = t.progressive.enabled and t.progressive.trunk_strategy == "qlora"
     for name in ("qlora_enabled", "quantization_enabled", "quantization_type", "qlora_lr"):
         if (
             is_given(cfg, f"training.{name}")
             and not trunk_adapters
-            and not (name == "qlora_lr" and t.progressive.enabled)
+            and not (name in ("qlora_lr", "quantization_type") and qlora_trunk)
         ):
             yield warning(
                 f"training.{name}",
-                f"{name} only applies to mode fused with fusion_mode trainable (a trainable, quantized trunk)",
+                f"{name} only applies to mode fused with fusion_mode trainable (a trainable, quantized trunk)"
+                + (", or qlora_lr and quantization_type to a progressive qlora trunk" if t.progressive.enabled else ""),
             )
+    if is_given(cfg, "training.current_block_lr") and not staged:
+        yield warning(
+            "training.current_block_lr",
+            "current_block_lr is the learning rate of the block a stage adds; end-to-end training has no such block",
+        )
     for name in ("total_blocks", "block_size", "epochs_per_layer", "cache_activations"):
         if is_given(cfg, f"training.{name}") and not staged:
             yield warning(
@@ -392,6 +415,16 @@ def objective_fits_attention(cfg: StackwiseConfig) -> Iterable[Issue]:
         )
 
 
+STACK_LORA = (
+    "qlora_strategy",
+    "qlora_rank",
+    "qlora_alpha",
+    "qlora_rank_pattern",
+    "qlora_alpha_pattern",
+    "qlora_configs",
+)
+
+
 @rule(
     "training.progressive.enabled",
     "training.progressive.qlora_strategy",
@@ -403,18 +436,32 @@ def objective_fits_attention(cfg: StackwiseConfig) -> Iterable[Issue]:
     "training.progressive.progressive_qlora",
     "training.total_blocks",
     "training.block_size",
+    "training.mode",
+    "training.fusion_mode",
+    "training.qlora_enabled",
     "model.n_layers",
 )
 def progressive_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
-    p = cfg.training.progressive
+    t, p = cfg.training, cfg.training.progressive
     n_stacks = derived.blocks(cfg)[0]
+    # A fused trainable trunk's adapters take their ranks from the stack LoRA settings.
+    fused_lora = t.mode == "fused" and t.fusion_mode == "trainable" and t.qlora_enabled and not p.enabled
     if not p.enabled:
         extra = [
-            f for f in set_fields(p, "training.progressive") if f != "training.progressive.enabled" and is_given(cfg, f)
+            f
+            for f in set_fields(p, "training.progressive")
+            if f != "training.progressive.enabled"
+            and is_given(cfg, f)
+            and not (fused_lora and f.rsplit(".", 1)[-1] in STACK_LORA)
         ]
         if extra:
-            yield warning(extra[0], "progressive settings are ignored while training.progressive.enabled is false")
-        return
+            yield warning(
+                extra[0],
+                "progressive settings are ignored while training.progressive.enabled is false"
+                + (" (a fused trainable trunk reads only the stack LoRA ranks)" if fused_lora else ""),
+            )
+        if not fused_lora:
+            return
     if p.qlora_strategy == "variable":
         if not p.qlora_configs:
             yield error(
@@ -432,7 +479,7 @@ def progressive_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
             "training.progressive.qlora_configs",
             f"qlora_configs only applies to qlora_strategy variable (strategy is {p.qlora_strategy})",
         )
-    if p.qlora_strategy == "progressive" and p.qlora_enabled:
+    if p.qlora_strategy == "progressive" and (p.qlora_enabled or fused_lora):
         for k in range(n_stacks):
             rank = derived.pattern_value(p.qlora_rank, p.qlora_rank_pattern, k)
             if rank < 1:
@@ -441,13 +488,135 @@ def progressive_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
                     f"qlora_rank_pattern {p.qlora_rank_pattern} drives stack {k}'s rank below 1 ({p.qlora_rank} -> {rank:g}); raise qlora_rank or use fewer stacks",
                 )
                 break
-    if p.trunk_strategy == "qlora" and not (p.progressive_qlora or p.qlora_enabled):
+    if p.enabled and p.trunk_strategy == "qlora" and not (p.progressive_qlora or p.qlora_enabled):
         yield error(
             "training.progressive.trunk_strategy",
             "trunk_strategy qlora quantizes the trunk, but no adapter could train it: enable progressive_qlora (trunk adapters) or qlora_enabled (stack adapters)",
         )
 
 
+@rule(
+    "training.progressive.enabled",
+    "training.mode",
+    "training.fusion_mode",
+    "training.cache_activations",
+    "training.objective",
+    "training.time_step_masking",
+    "model.attention_mode",
+    "model.tie_embeddings",
+)
+def schedule_choice(cfg: StackwiseConfig) -> Iterable[Issue]:
+    t = cfg.training
+    # Progressive training is a fused schedule (each stack trains through the whole rack): `mode: fused`
+    # may name it; the greedy modes cannot.
+    if t.progressive.enabled and t.mode in ("layerwise", "blockwise"):
+        yield error(
+            "training.mode",
+            f"progressive.enabled and mode {t.mode} are two different stage schedules; "
+            "progressive training trains each stack through the whole rack (like mode fused): "
+            "set mode: fused or end_to_end, or progressive.enabled: false",
+        )
+    if t.progressive.enabled and t.fusion_mode == "trainable":
+        yield error(
+            "training.fusion_mode",
+            "with progressive.enabled the trunk is set by progressive.trunk_strategy (frozen or qlora), "
+            "not fusion_mode; remove fusion_mode: trainable",
+        )
+    if not t.cache_activations:
+        return
+    if t.progressive.enabled or t.mode not in ("layerwise", "blockwise"):
+        yield error(
+            "training.cache_activations",
+            "cache_activations needs a trunk whose output never changes, which only the greedy modes have: "
+            "mode layerwise or blockwise (fused and progressive train the embeddings through the trunk)",
+        )
+    elif derived.objective(cfg) == "masked_diffusion":
+        yield error(
+            "training.cache_activations",
+            "cache_activations cannot serve masked diffusion: every batch is masked afresh, so the trunk's input "
+            "is new each step; set cache_activations: false",
+        )
+    elif cfg.model.tie_embeddings:
+        yield error(
+            "training.cache_activations",
+            "with tie_embeddings the output head is the input embedding, which trains in every stage, so the "
+            "trunk's output changes; set model.tie_embeddings: false or cache_activations: false",
+        )
+
+
+@rule(
+    "training.mode",
+    "training.fusion_mode",
+    "training.qlora_enabled",
+    "training.quantization_enabled",
+    "training.progressive.trunk_strategy",
+    "training.progressive.qlora_enabled",
+    "training.progressive.progressive_qlora",
+    "model.quantization",
+)
+def trunk_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
+    t, p = cfg.training, cfg.training.progressive
+    fused_trainable = t.mode == "fused" and t.fusion_mode == "trainable" and not p.enabled
+    if fused_trainable and t.quantization_enabled and not t.qlora_enabled:
+        yield error(
+            "training.quantization_enabled",
+            "a quantized trunk can only train through adapters: set qlora_enabled: true, or quantization_enabled: "
+            "false to train the trunk's own weights",
+        )
+    if p.enabled and p.trunk_strategy == "frozen":
+        for name in ("qlora_enabled", "progressive_qlora"):
+            if getattr(p, name) and is_given(cfg, f"training.progressive.{name}"):
+                yield warning(
+                    f"training.progressive.{name}",
+                    f"{name} adds adapters that train the trunk, but trunk_strategy is frozen: they are not "
+                    "created; set trunk_strategy: qlora to use them",
+                )
+    quantized = (fused_trainable and t.quantization_enabled and t.quantization_type != "fp32") or (
+        p.enabled and p.trunk_strategy == "qlora"
+    )
+    if quantized and cfg.model.quantization is not None:
+        yield error(
+            "training.quantization_enabled" if not p.enabled else "training.progressive.trunk_strategy",
+            "the model's layers are BitNet (model.quantization): their ternary weights cannot also be stored in "
+            "4-bit for a QLoRA trunk; use trunk_strategy frozen or a model without model.quantization",
+        )
+
+
+@rule(
+    "training.max_steps",
+    "training.total_blocks",
+    "training.block_size",
+    "training.time_step_masking",
+    "training.num_time_steps",
+    "training.time_step_mask_fractions",
+    "training.mode",
+    "training.progressive.enabled",
+    "model.n_layers",
+)
+def stages_fit(cfg: StackwiseConfig) -> Iterable[Issue]:
+    t = cfg.training
+    if t.mode == "end_to_end" and not t.progressive.enabled:
+        return
+    n = derived.blocks(cfg)[0]
+    if t.max_steps is not None and t.max_steps < n:
+        yield error(
+            "training.max_steps",
+            f"max_steps ({t.max_steps}) is split over {n} stages, one per block, and each needs a step; "
+            f"give at least {n}",
+        )
+    if t.time_step_masking:
+        steps = len(derived.depth_mask_fractions(cfg))
+        if steps % n and n % steps:
+            yield error(
+                "training.num_time_steps"
+                if t.time_step_mask_fractions is None
+                else "training.time_step_mask_fractions",
+                f"{steps} time steps cannot be spread over {n} blocks: the number of time steps must be a multiple "
+                "of the number of blocks (each block gets a run of them), or divide it",
+            )
+
+
+# -- optimisation and duration ------------------------------------------------------------------------------
 # -- optimisation and duration ------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _read_mixes(file: str, mtime: float) -> dict[str, Any] | None:

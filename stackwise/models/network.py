@@ -25,15 +25,23 @@ class TransformerLayer(nn.Module):
         self.norm1, self.attn, self.norm2, self.mlp = norm1, attn, norm2, mlp
         self.dropout = nn.Dropout(dropout)
         self.gradient_checkpointing = False
+        # Autocast dtype of this layer alone (a progressive stack trained in half precision); None: the caller's.
+        self.compute_dtype: torch.dtype | None = None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.norm1(x)))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is None:
+            return self._run(x)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            return self._run(x).to(x.dtype)
 
 
 class Transformer(nn.Module):
@@ -59,13 +67,17 @@ class Transformer(nn.Module):
         self.head = head
         self.arch = dict(arch or {})
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final-norm hidden states (B, T, D)."""
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The input of the first layer (B, T, D): token (and position) embeddings, after dropout."""
         x = self.embed(input_ids)  # (B, T, D)
         if self.pos_embed is not None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             x = x + self.pos_embed(positions)
-        x = self.dropout(x)
+        return self.dropout(x)
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (B, T, D)."""
+        x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)

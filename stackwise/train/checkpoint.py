@@ -131,6 +131,28 @@ def save_checkpoint(
     return final
 
 
+def save_weights(path: Path, model: nn.Module, state: dict[str, Any]) -> Path:
+    """Write a weights-only checkpoint (model.safetensors and state.json) to `path` atomically, replacing it."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    for file in tmp.iterdir():
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+    return path
+
+
 def resolve(spec: str, run_dir: Path) -> Path:
     """The checkpoint `spec` names: `latest` (of `run_dir`), a checkpoint directory, or a run directory."""
     if spec == LATEST:

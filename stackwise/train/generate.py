@@ -37,7 +37,9 @@ def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
     """The model, tokenizer and config of a run directory (latest checkpoint) or of one checkpoint directory."""
     from transformers import AutoTokenizer
 
+    from ..models.adapters import merge_all
     from ..models.builders import build_model
+    from .rack import Rack
 
     path = Path(path).expanduser()
     run_dir = path if (path / "run.json").is_file() else path.parent.parent
@@ -51,7 +53,11 @@ def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
     cfg = StackwiseConfig.from_yaml(run_dir / "config.yaml")
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"), local_files_only=True)
     model = build_model(cfg.model, meta["vocab_size"], load_weights=False).to(device)
+    layout = ckpt.read_state(checkpoint).get("layout")
+    if layout is not None:  # a stage of a stack-wise run: rebuild its rack, load, then fold the adapters in
+        Rack(model).apply_layout(layout)
     ckpt.load_weights(checkpoint, model)
+    merge_all(model)
     model.eval()
     return LoadedRun(model, tokenizer, cfg, meta["objective"], meta.get("mask_token_id"), checkpoint)
 

@@ -120,7 +120,7 @@ def evaluate(
     fixed masks: sequence j is masked at t_j = (j + 0.5) / N (stratified over (0, 1)) with a mask drawn from
     a constant seed, so every evaluation of every run sees the same corrupted inputs.
     """
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # per module: a stage keeps its frozen layers in eval
     model.eval()
     device = next(model.parameters()).device
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
@@ -149,7 +149,8 @@ def evaluate(
         total_tokens += targets.numel()
         if token_bytes is not None:
             total_bytes += int(token_bytes[targets].sum())
-    model.train(was_training)
+    for module, mode in modes.items():
+        module.training = mode
     loss = total_nats / max(total_tokens, 1)
     metrics = {"val_loss": loss, "val_bits_per_token": loss / math.log(2)}
     if objective.kind == "causal":

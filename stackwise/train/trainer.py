@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ from ..config.errors import ConfigError
 from ..config.schema import StackwiseConfig
 from ..config.support import unsupported_settings
 from . import checkpoint as ckpt
+from . import stages as schedule
 from .metrics import MetricsLogger
 from .objectives import Objective, evaluate, objective_for, training_loss
 from .optim import build_optimizers, lr_at, set_lr, warmup_steps
+from .rack import CachedModel, Rack, RackError, TrunkCache, merged_copy, trainable_count
 from .runtime import Numerics, numerics
 from .tokenizer import check_vocab, load_tokenizer, mask_token_id, token_byte_lengths
 
@@ -92,6 +95,8 @@ class Trainer:
         self.progress = Progress()
         self._stop_signal: int | None = None
         self._saved_step: int | None = None  # the step this run last saved into its own run directory
+        self.stage: schedule.Stage | None = None
+        self.stage_log: list[dict[str, Any]] = []
         self.prepared = False
 
     # -- everything that can fail before the first step ------------------------------------------------
@@ -134,7 +139,11 @@ class Trainer:
             t.seq_len + self.objective.extra_tokens,
             eval_sequences=cfg.evaluation.max_batches * eval_bs,
         )
-        self.total_steps = self._total_steps()
+        try:
+            self.stages = schedule.plan(cfg, steps_per_epoch(cfg, self.data))
+        except schedule.StageError as err:
+            raise TrainingError(str(err)) from err
+        self.total_steps = self.stages[-1].end
 
         if cfg.model.pretrained_name:
             self.model = pretrained_model(cfg, self.vocab_size).to(self.num.device)
@@ -147,43 +156,65 @@ class Trainer:
         if t.compile:
             for layer in self.model.layers:  # regional compilation: one graph per layer, fast to compile
                 layer.compile()
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.optimizers = build_optimizers(
-            named,
-            self.model,
-            kind=t.optimizer,
-            lr=t.learning_rate,
-            weight_decay=t.weight_decay,
-            betas=t.betas,
-            momentum=t.momentum,
-            device=self.num.device,
-        )
-        self.params = [p for _, p in named]
+        self.rack = Rack(self.model)
+        self.cache = TrunkCache(self.model, _cache_budget()) if t.cache_activations else None
         self.scaler = self.num.grad_scaler()
         self.mask_generator = torch.Generator(device=self.num.device).manual_seed(t.seed + 1)
         bytes_table = token_byte_lengths(self.tokenizer, self.vocab_size)
         self.token_bytes = torch.from_numpy(bytes_table) if bytes_table.any() else None
-        self.warmup = warmup_steps(self.total_steps, t.warmup_steps, t.warmup_ratio)
 
         if self.resume_from is not None:
+            state = ckpt.read_state(self.resume_from)
+            self._enter(self.stages[min(state.get("stage", 0), len(self.stages) - 1)])
             ckpt.load_weights(self.resume_from, self.model)
             ckpt.load_optimizer_state(self.resume_from, self.optimizers, self.scaler)
+        else:
+            self._enter(self.stages[0])
         self.prepared = True
         return self
 
-    def _total_steps(self) -> int:
+    def _enter(self, stage: schedule.Stage) -> None:
+        """Arrange the model for `stage`, with a fresh optimizer over what it trains and its own schedule."""
         t = self.cfg.training
-        if t.max_steps is not None:
-            return t.max_steps
-        per_step = t.batch_size * t.gradient_accumulation_steps
-        per_epoch = t.steps_per_epoch or (self.data.samples_per_epoch or 0) // per_step
-        if per_epoch == 0:
-            raise TrainingError(
-                f"the training data has {self.data.samples_per_epoch} sequences of {t.seq_len} tokens, "
-                f"less than one step of {per_step} (batch_size x gradient_accumulation_steps); "
-                "use more data, a shorter training.seq_len or a smaller batch"
+        try:
+            groups = self.rack.apply(stage)
+        except RackError as err:
+            raise TrainingError(str(err)) from err
+        self.model.to(self.num.device)  # adapters are created on the weights' device; this is a no-op then
+        self.optimizers = [
+            opt
+            for lr, named in groups
+            for opt in build_optimizers(
+                named,
+                self.model,
+                kind=t.optimizer,
+                lr=lr,
+                weight_decay=t.weight_decay,
+                betas=t.betas,
+                momentum=t.momentum,
+                device=self.num.device,
             )
-        return (t.num_train_epochs or 1) * per_epoch
+        ]
+        self.params = [p for _, named in groups for _, p in named]
+        self.trainable = trainable_count(groups)
+        self.warmup = warmup_steps(stage.steps, t.warmup_steps, t.warmup_ratio)
+        self.stage_objective = self.objective
+        if stage.mask is not None:
+            fractions = stage.mask
+            self.stage_objective = replace(self.objective, low=min(fractions), high=max(fractions), fractions=fractions)
+        self.train_model = self.model
+        if self.cache is not None and stage.greedy and not stage.embeddings:  # stage 0 trains the embeddings
+            self.cache.set_depth(len(stage.layers) - len(stage.new.layers))
+            self.train_model = CachedModel(self.model, self.cache)
+        self.stage = stage
+        if len(self.stages) > 1:
+            log.info(
+                "stage %d/%d: layers %s, %d trainable parameters",
+                stage.index + 1,
+                len(self.stages),
+                list(stage.layers),
+                self.trainable,
+            )
 
     @property
     def parameter_count(self) -> int:
@@ -202,6 +233,8 @@ class Trainer:
             "tokenizer": derived.tokenizer_name(self.cfg),
             "device": self.num.describe(),
             "steps": self.total_steps,
+            "stages": len(self.stages),
+            "mode": "progressive" if t.progressive.enabled else t.mode,
             "tokens": self.total_steps * self._tokens_per_step(),
             "optimizer": t.optimizer,
             "resume": str(self.resume_from) if self.resume_from else None,
@@ -238,37 +271,46 @@ class Trainer:
         status = "failed"
         started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
         losses: list[float] = []
-        self.model.train()
+        p = self.progress
         try:
             with _stop_on_signals(self):
-                while self.progress.step < self.total_steps and self._stop_signal is None:
-                    lr = self._set_lr()
-                    loss, grad_norm = self.train_step(batches)
-                    losses.append(loss)
-                    window_tokens += self._tokens_per_step()
-                    p = self.progress
-                    if p.step % t.log_interval == 0 or p.step == self.total_steps:
-                        elapsed = time.perf_counter() - window_start
-                        row = {
-                            "loss": sum(losses) / len(losses),
-                            "lr": lr,
-                            "grad_norm": grad_norm,
-                            "tokens": p.tokens,
-                            "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                        }
-                        self._log(row)
-                        losses, window_tokens, window_start = [], 0, time.perf_counter()
-                    if p.step % t.validation_interval == 0 and p.step < self.total_steps:
-                        self._log(self.evaluate())
-                    if p.step % t.save_interval == 0 and p.step < self.total_steps:
-                        self.save()
+                for stage in self.stages:
+                    if stage.end <= p.step or self._stop_signal is not None:
+                        continue
+                    if stage is not self.stage:
+                        self._enter(stage)
+                    while p.step < stage.end and self._stop_signal is None:
+                        lr = self._set_lr()
+                        loss, grad_norm = self.train_step(batches)
+                        losses.append(loss)
+                        window_tokens += self._tokens_per_step()
+                        if p.step % t.log_interval == 0 or p.step == stage.end:
+                            elapsed = time.perf_counter() - window_start
+                            row = {
+                                "loss": sum(losses) / len(losses),
+                                "lr": lr,
+                                "grad_norm": grad_norm,
+                                "tokens": p.tokens,
+                                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                            }
+                            self._log(row)
+                            losses, window_tokens, window_start = [], 0, time.perf_counter()
+                        if p.step % t.validation_interval == 0 and p.step < self.total_steps:
+                            self._log(self.evaluate())
+                        if p.step % t.save_interval == 0 and p.step < self.total_steps:
+                            self.save()
+                    if p.step == stage.end and stage is not self.stages[-1]:
+                        self._finish_stage(stage, self.evaluate())
                 # Still under the signal handlers: the final checkpoint is written before the final evaluation.
                 if self._saved_step != self.progress.step:
                     self.save()
                 if self._stop_signal is not None:
                     status = "interrupted"
                 else:
-                    self._log(self.evaluate())
+                    metrics = self.evaluate()
+                    self._log(metrics)
+                    if len(self.stages) > 1:
+                        self._finish_stage(self.stages[-1], metrics, log_metrics=False)
                     status = "completed"
         except TrainingDiverged:
             status = "diverged"
@@ -287,7 +329,7 @@ class Trainer:
         for _ in range(accum):
             batch = next(batches).to(self.num.device, non_blocking=True)
             with self.num.autocast():
-                loss = training_loss(self.model, batch, self.objective, self.mask_generator)
+                loss = training_loss(self.train_model, batch, self.stage_objective, self.mask_generator)
             scaled = loss / accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
@@ -348,6 +390,8 @@ class Trainer:
             "objective": self.objective.kind,
             "mask_token_id": self.objective.mask_token_id,
             "total_steps": self.total_steps,
+            "stage": self.stage.index,
+            "layout": self.rack.layout(),
         }
         path = ckpt.save_checkpoint(
             self.run_dir / "checkpoints",
@@ -369,11 +413,36 @@ class Trainer:
         t = self.cfg.training
         return t.batch_size * t.gradient_accumulation_steps * t.seq_len
 
+    def _finish_stage(self, stage: schedule.Stage, metrics: dict[str, float], log_metrics: bool = True) -> None:
+        """The end of a stage of a multi-stage schedule: record the rack's validation metrics, maybe save it merged."""
+        self.stage_log.append(
+            {"step": self.progress.step, "stage": stage.index, "trainable": self.trainable, **metrics}
+        )
+        if log_metrics:
+            self._log(metrics)
+        if self.cfg.training.save_fused_checkpoints:
+            self.save_fused(stage)
+
+    def save_fused(self, stage: schedule.Stage) -> Path:
+        """The assembled model after `stage` (adapters merged, weights dequantized), loadable by generate/to_hf."""
+        merged = merged_copy(self.model)
+        layout = {"layers": list(self.rack.order), "n_built": self.rack.n_layers, "base": {}, "adapters": {}}
+        state = {
+            "step": self.progress.step,
+            "stage": stage.index,
+            "arch": merged.arch,
+            "layout": layout,
+            "objective": self.objective.kind,
+            "mask_token_id": self.objective.mask_token_id,
+        }
+        return ckpt.save_weights(self.run_dir / "fused" / f"stage_{stage.index}", merged, state)
+
     def _set_lr(self) -> float:
         t = self.cfg.training
+        stage = self.stage
         lr = lr_at(
-            self.progress.step,
-            total=self.total_steps,
+            self.progress.step - stage.start,
+            total=stage.steps,
             warmup=self.warmup,
             peak=t.learning_rate,
             floor=t.min_lr,
@@ -430,6 +499,7 @@ class Trainer:
             "tokens": p.tokens,
             "seconds": round(seconds, 2),
             "parameters": self.parameter_count,
+            "stages": self.stage_log,
             "unigram_entropy": self.data.unigram_entropy,
             "last_checkpoint": str(p.last_checkpoint) if p.last_checkpoint else None,
             **{
@@ -496,6 +566,36 @@ def pretrained_model(cfg: StackwiseConfig, vocab_size: int) -> torch.nn.Module:
             "set these to the pretrained values:\n  " + "\n  ".join(wrong)
         )
     return model
+
+
+def needs_epoch_length(cfg: StackwiseConfig) -> bool:
+    """Whether the run's length depends on how many steps one pass over the data takes."""
+    t = cfg.training
+    return t.max_steps is None or bool(t.epochs_per_layer and schedule.staged(cfg))
+
+
+def steps_per_epoch(cfg: StackwiseConfig, data: Any) -> int | None:
+    """Optimizer steps in one pass over the training data (None when max_steps alone sets the length)."""
+    t = cfg.training
+    if not needs_epoch_length(cfg):
+        return None
+    per_step = t.batch_size * t.gradient_accumulation_steps
+    per_epoch = t.steps_per_epoch or (data.samples_per_epoch or 0) // per_step
+    if per_epoch == 0:
+        raise TrainingError(
+            f"the training data has {data.samples_per_epoch} sequences of {t.seq_len} tokens, "
+            f"less than one step of {per_step} (batch_size x gradient_accumulation_steps); "
+            "use more data, a shorter training.seq_len or a smaller batch"
+        )
+    return per_epoch
+
+
+def _cache_budget() -> int:
+    """Bytes the trunk cache may hold: a quarter of the machine's memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
 
 
 def _seed_everything(seed: int) -> None:

@@ -86,10 +86,11 @@ def test_generate_unmasks_for_a_masked_diffusion_run(tmp_path: Path) -> None:
 
 def test_a_refused_setting_names_the_file_and_key(tmp_path: Path) -> None:
     config = tiny(tmp_path)
-    config.write_text(config.read_text().replace("training:\n", "training:\n  mode: layerwise\n"))
+    config.write_text(config.read_text().replace("model:\n", "model:\n  attention_kernel: triton\n"))
     result = invoke("train", config)
     assert result.exit_code == 1
-    assert "tiny.yaml" in result.output and "training.mode" in result.output and "not supported yet" in result.output
+    assert "tiny.yaml" in result.output and "model.attention_kernel" in result.output
+    assert "not supported yet" in result.output
     assert not (tmp_path / "runs").exists()  # nothing ran
 
 

@@ -28,7 +28,7 @@ def test_bad_entry_in_a_mapping_of_sections_does_not_silence_rules(tmp_path: Pat
         tmp_path,
         """
         training:
-          max_steps: 10
+          max_steps: 24
           min_lr: 1.0
           progressive:
             enabled: true

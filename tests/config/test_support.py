@@ -45,21 +45,22 @@ def test_set_fields_not_consumed_are_refused() -> None:
                 "use_peer": True,
                 "peer_start_layer": 1,
                 "peer": {"num_experts": 16, "product_key_dim": [4, 4], "num_experts_per_tok": 2, "query_dim": 8},
+                "attention_kernel": "triton",
             },
-            "training": {"lr": 1e-3, "mode": "fused"},
+            "training": {"lr": 1e-3},
         }
     )
     issues = {i.path: i.message for i in unsupported_settings(cfg)}
     assert "model.name" not in issues and "model.d_model" not in issues  # read by the config layer / the builder
     assert "model.use_peer" not in issues  # the builder reads PEER settings now
     assert "training.learning_rate" not in issues  # the trainer reads it
-    assert "issue #5" in issues["training.mode"]
-    assert issues["training.mode"].startswith("`training.mode` is not supported yet")
+    assert "issue #6" in issues["model.attention_kernel"]
+    assert issues["model.attention_kernel"].startswith("`model.attention_kernel` is not supported yet")
 
 
 def test_a_planned_setting_written_at_its_default_is_not_refused() -> None:
-    # `mode: end_to_end` asks for what the engine does; `mode: fused` asks for what it does not do yet.
-    same = StackwiseConfig.from_dict({"training": {"mode": "end_to_end", "progressive": {"enabled": False}}})
+    # `attention_kernel: auto` asks for what the engine does; `triton` asks for what it does not do yet.
+    same = StackwiseConfig.from_dict({"model": {"attention_kernel": "auto", "peer_kernel": "auto"}})
     assert unsupported_settings(same) == []
-    other = StackwiseConfig.from_dict({"training": {"mode": "fused", "progressive": {"enabled": True}}})
-    assert [i.path for i in unsupported_settings(other)] == ["training.mode", "training.progressive.enabled"]
+    other = StackwiseConfig.from_dict({"model": {"attention_kernel": "triton", "peer_kernel": "triton"}})
+    assert [i.path for i in unsupported_settings(other)] == ["model.attention_kernel", "model.peer_kernel"]
