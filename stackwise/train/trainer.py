@@ -295,7 +295,7 @@ class Trainer:
                             }
                             self._log(row)
                             losses, window_tokens, window_start = [], 0, time.perf_counter()
-                        if p.step % t.validation_interval == 0 and p.step < self.total_steps:
+                        if p.step % t.validation_interval == 0 and p.step < stage.end:  # stage ends: below
                             self._log(self.evaluate())
                         if p.step % t.save_interval == 0 and p.step < self.total_steps:
                             self.save()
