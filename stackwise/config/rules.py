@@ -274,7 +274,6 @@ def vocab_covers_tokenizer(cfg: StackwiseConfig) -> Iterable[Issue]:
         and mask is None
         and vocab == size
         and derived.objective(cfg) == "masked_diffusion"
-        and not cfg.data.use_dummy_data
     ):
         yield error(
             "model.vocab_size",
@@ -571,14 +570,15 @@ def trunk_adapters(cfg: StackwiseConfig) -> Iterable[Issue]:
                     f"{name} adds adapters that train the trunk, but trunk_strategy is frozen: they are not "
                     "created; set trunk_strategy: qlora to use them",
                 )
-    quantized = (fused_trainable and t.quantization_enabled and t.quantization_type != "fp32") or (
+    adapted = (fused_trainable and (t.qlora_enabled or t.quantization_enabled)) or (
         p.enabled and p.trunk_strategy == "qlora"
     )
-    if quantized and cfg.model.quantization is not None:
+    if adapted and cfg.model.quantization is not None:
         yield error(
-            "training.quantization_enabled" if not p.enabled else "training.progressive.trunk_strategy",
-            "the model's layers are BitNet (model.quantization): their ternary weights cannot also be stored in "
-            "4-bit for a QLoRA trunk; use trunk_strategy frozen or a model without model.quantization",
+            "training.qlora_enabled" if not p.enabled else "training.progressive.trunk_strategy",
+            "the model's layers are BitNet (model.quantization): their ternary weights can neither be stored in "
+            "4-bit nor absorb LoRA adapters; train the trunk frozen (fusion_mode frozen / trunk_strategy frozen) "
+            "or use a model without model.quantization",
         )
 
 

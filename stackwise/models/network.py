@@ -33,7 +33,8 @@ class TransformerLayer(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        # Also in eval mode when a gradient passes through (a frozen trunk below trained embeddings).
+        if self.gradient_checkpointing and torch.is_grad_enabled() and (self.training or x.requires_grad):
             return checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 

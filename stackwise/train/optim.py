@@ -15,7 +15,7 @@ schedule's factor at a step, so groups with their own peak (a stage's adapters) 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -136,8 +136,8 @@ def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float, kind
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
-    """Set every group's lr to its peak times `factor` (the schedule's lr over learning_rate)."""
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float | Callable[[float], float]) -> None:
+    """Set every group's lr: its peak times `factor`, or `factor(peak)` (the schedule for that peak)."""
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = group["peak_lr"] * factor
+            group["lr"] = factor(group["peak_lr"]) if callable(factor) else group["peak_lr"] * factor

@@ -68,7 +68,10 @@ class Rack:
     def _attach(self, i: int, name: str, rank: int, alpha: float) -> None:
         if name in self.adapters.setdefault(i, {}):
             return
-        attach_lora(self.all_layers[i], name, rank, alpha)
+        try:
+            attach_lora(self.all_layers[i], name, rank, alpha)
+        except ValueError as err:  # e.g. BitNet layers
+            raise RackError(f"layer {i}: {err}") from err
         self.adapters[i][name] = (rank, alpha)
 
     def _merge(self, i: int, name: str) -> None:
@@ -102,37 +105,38 @@ class Rack:
     def _set_trainable(self, stage: Stage) -> list[tuple[float, list[tuple[str, nn.Parameter]]]]:
         model = self.model
         model.requires_grad_(False)
-        groups: dict[float, list[tuple[str, nn.Parameter]]] = {}
-        by_layer = {i: pos for pos, i in enumerate(self.order)}
+        lr_of: dict[int, float] = {}
 
-        def train(prefix: str, module: nn.Module, lr: float, only_adapters: bool = False) -> None:
-            for name, p in module.named_parameters(prefix=prefix):
-                if id(p) in self.always_frozen or (only_adapters and ".adapters." not in name):
+        def train(module: nn.Module, lr: float, only_adapters: bool = False) -> None:
+            for name, p in module.named_parameters():
+                if id(p) in self.always_frozen or (only_adapters and "adapters." not in name):
                     continue
                 p.requires_grad_(True)
-                groups.setdefault(lr, []).append((name, p))
+                lr_of[id(p)] = lr
 
         for s in stage.stacks:
             for i in s.layers:
-                layer, prefix = self.all_layers[i], f"layers.{by_layer[i]}"
+                layer = self.all_layers[i]
                 layer.train(s.train != "frozen")
                 if s.train == "full":
-                    train(prefix, layer, s.lr)
+                    train(layer, s.lr)
                 elif s.train == "adapters":
-                    train(prefix, layer, s.lr, only_adapters=True)
-        top = [(n, m) for n, m in model.named_children() if n != "layers"]
-        for name, module in top:
-            is_head = name in ("norm", "head")
-            trainable = stage.head if is_head else stage.embeddings
+                    train(layer, s.lr, only_adapters=True)
+        for name, module in model.named_children():
+            if name == "layers":
+                continue
+            trainable = stage.head if name in ("norm", "head") else stage.embeddings
             module.train(trainable)
             if trainable:
-                train(name, module, stage.lr)
-        # A tied head is the embedding matrix: it trains whenever the head does.
-        seen: set[int] = set()
-        return [
-            (lr, [(n, p) for n, p in named if p.requires_grad and not (id(p) in seen or seen.add(id(p)))])
-            for lr, named in groups.items()
-        ]
+                train(module, stage.lr)
+        # In the model's own order and names: a tied head is the embedding matrix (`embed.weight`, never
+        # decayed), which trains whenever the head does; the order is end-to-end training's, so its checkpoints
+        # and optimizer states carry over.
+        groups: dict[float, list[tuple[str, nn.Parameter]]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(lr_of[id(p)], []).append((name, p))
+        return list(groups.items())
 
     # -- description and rebuilding -------------------------------------------------------------------
     def layout(self) -> dict[str, Any]:

@@ -150,28 +150,65 @@ class Trainer:
         else:
             self.model = build_model(cfg.model, self.vocab_size).to(self.num.device)
         if t.init_from:
-            ckpt.load_weights(ckpt.resolve(t.init_from, Path(t.init_from)), self.model)
+            source = ckpt.resolve(t.init_from, Path(t.init_from))
+            if ckpt.read_state(source).get("layout", {}).get("adapters") or ckpt.read_state(source).get(
+                "layout", {}
+            ).get("base"):
+                raise TrainingError(
+                    f"init_from: {source} is a checkpoint of a stage-wise run with adapters or quantized layers; "
+                    "initialise from its merged model instead: <run>/fused/stage_K (save_fused_checkpoints: true)"
+                )
+            ckpt.load_weights(source, self.model)
         if t.gradient_checkpointing:
             self.model.set_gradient_checkpointing(True)
         if t.compile:
             for layer in self.model.layers:  # regional compilation: one graph per layer, fast to compile
                 layer.compile()
+        self._check_stages()
         self.rack = Rack(self.model)
         self.cache = TrunkCache(self.model, _cache_budget()) if t.cache_activations else None
         self.scaler = self.num.grad_scaler()
+        if self.scaler is None and any(s.compute == "fp16" for st in self.stages for s in st.stacks):
+            self.scaler = torch.amp.GradScaler(self.num.device.type)  # a stack trained in half precision
         self.mask_generator = torch.Generator(device=self.num.device).manual_seed(t.seed + 1)
         bytes_table = token_byte_lengths(self.tokenizer, self.vocab_size)
         self.token_bytes = torch.from_numpy(bytes_table) if bytes_table.any() else None
 
         if self.resume_from is not None:
             state = ckpt.read_state(self.resume_from)
-            self._enter(self.stages[min(state.get("stage", 0), len(self.stages) - 1)])
+            stage = self.stages[min(state.get("stage", 0), len(self.stages) - 1)]
+            saved = state.get("stage_steps", [stage.start, stage.end])
+            # A one-stage run may be lengthened on resume; a stage schedule must stay as it was.
+            if len(self.stages) > 1 and saved != [stage.start, stage.end]:
+                raise TrainingError(
+                    f"{self.resume_from} was saved in stage {stage.index + 1}, steps {saved[0] + 1}-{saved[1]}; with "
+                    f"this config that stage is steps {stage.start + 1}-{stage.end}. The stage schedule must not "
+                    "change on resume: keep max_steps, epochs_per_layer, total_blocks and block_size as they were"
+                )
+            self.stage_log = list(state.get("stage_log", []))
+            self._enter(stage)
             ckpt.load_weights(self.resume_from, self.model)
             ckpt.load_optimizer_state(self.resume_from, self.optimizers, self.scaler)
         else:
             self._enter(self.stages[0])
         self.prepared = True
         return self
+
+    def _check_stages(self) -> None:
+        """Arrange every stage once on a meta-device copy, so a stage that cannot be built fails now, not hours in."""
+        from .plan import trainable_per_stage
+
+        try:
+            trainable_per_stage(self.cfg, self.stages, self.vocab_size)
+        except (RackError, ValueError) as err:
+            raise TrainingError(f"stage schedule: {err}") from err
+        if any(s.base in ("nf4", "fp4") for st in self.stages for s in st.stacks):
+            from ..models.quantize import _bitsandbytes
+
+            try:
+                _bitsandbytes()
+            except ImportError as err:
+                raise TrainingError(str(err)) from err
 
     def _enter(self, stage: schedule.Stage) -> None:
         """Arrange the model for `stage`, with a fresh optimizer over what it trains and its own schedule."""
@@ -275,6 +312,9 @@ class Trainer:
         try:
             with _stop_on_signals(self):
                 for stage in self.stages:
+                    if stage.end <= p.step and stage is self.stage and stage is not self.stages[-1]:
+                        if stage.index not in {row["stage"] for row in self.stage_log}:
+                            self._finish_stage(stage, self.evaluate())  # resumed right after its last step
                     if stage.end <= p.step or self._stop_signal is not None:
                         continue
                     if stage is not self.stage:
@@ -391,6 +431,8 @@ class Trainer:
             "mask_token_id": self.objective.mask_token_id,
             "total_steps": self.total_steps,
             "stage": self.stage.index,
+            "stage_steps": [self.stage.start, self.stage.end],
+            "stage_log": self.stage_log,
             "layout": self.rack.layout(),
         }
         path = ckpt.save_checkpoint(
@@ -438,19 +480,22 @@ class Trainer:
         return ckpt.save_weights(self.run_dir / "fused" / f"stage_{stage.index}", merged, state)
 
     def _set_lr(self) -> float:
-        t = self.cfg.training
-        stage = self.stage
-        lr = lr_at(
-            self.progress.step - stage.start,
-            total=stage.steps,
-            warmup=self.warmup,
-            peak=t.learning_rate,
-            floor=t.min_lr,
-            kind=t.lr_scheduler_type,
-            decay_ratio=t.decay_ratio,
-        )
-        set_lr(self.optimizers, lr / t.learning_rate)
-        return lr
+        """Set each group's lr for this step (its own peak, decaying to min_lr); returns learning_rate's."""
+        t, stage = self.cfg.training, self.stage
+
+        def schedule(peak: float) -> float:
+            return lr_at(
+                self.progress.step - stage.start,
+                total=stage.steps,
+                warmup=self.warmup,
+                peak=peak,
+                floor=t.min_lr,
+                kind=t.lr_scheduler_type,
+                decay_ratio=t.decay_ratio,
+            )
+
+        set_lr(self.optimizers, schedule)
+        return schedule(t.learning_rate)
 
     def _zero_grad(self) -> None:
         for opt in self.optimizers:

@@ -271,3 +271,74 @@ def test_new_stack_precision_runs_the_new_stack_in_bfloat16(tmp_path: Path) -> N
     out = trainer.model.layers[0](torch.randn(1, 4, 32))
     assert out.dtype == torch.float32  # the residual stream keeps the run's dtype
     assert trainer.fit()["status"] == "completed"
+
+
+def test_a_tied_embedding_reached_through_the_head_is_never_decayed(tmp_path: Path) -> None:
+    trainer = Trainer(stage_config(tmp_path, model={"tie_embeddings": True}, mode="layerwise", weight_decay=0.1))
+    trainer.prepare()
+    trainer._enter(trainer.stages[1])  # the embeddings are frozen; the tied matrix trains as the head
+    embed = trainer.model.embed.weight
+    (group,) = [g for opt in trainer.optimizers for g in opt.param_groups if any(p is embed for p in g["params"])]
+    assert group["weight_decay"] == 0.0
+
+
+def test_every_group_decays_from_its_own_peak_to_min_lr(tmp_path: Path) -> None:
+    cfg = stage_config(
+        tmp_path, mode="layerwise", max_steps=16, warmup_steps=0, current_block_lr=1e-2, learning_rate=3e-3, min_lr=1e-4
+    )
+    trainer = Trainer(cfg).prepare()
+    stage = trainer.stages[0]
+    trainer.progress.step = stage.end - 1
+    trainer._set_lr()
+    lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
+    assert len(lrs) >= 2 and lrs == pytest.approx([1e-4] * len(lrs))
+
+
+def test_stage_results_survive_a_resume_and_a_changed_schedule_is_refused(tmp_path: Path) -> None:
+    from stackwise.train.trainer import TrainingError
+
+    first = Trainer(stage_config(tmp_path, mode="layerwise"))
+    stop_at(first, 5)
+    first.fit()
+    resumed = Trainer(stage_config(tmp_path, mode="layerwise", resume_from_checkpoint="latest")).fit()
+    assert [row["stage"] for row in resumed["stages"]] == [0, 1, 2, 3]
+    longer = stage_config(tmp_path, mode="layerwise", max_steps=16, resume_from_checkpoint="latest", run_id="x")
+    (tmp_path / "runs" / "x").mkdir()
+    with pytest.raises(TrainingError, match="stage schedule must not change"):
+        Trainer(longer.updated({"training.resume_from_checkpoint": str(first.progress.last_checkpoint)})).prepare()
+
+
+def test_gradient_checkpointing_covers_a_frozen_trunk_that_gradients_pass_through(tmp_path: Path, monkeypatch) -> None:
+    from stackwise.models import network
+
+    calls = []
+    real = network.checkpoint
+    monkeypatch.setattr(network, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    trainer = Trainer(stage_config(tmp_path, mode="fused", max_steps=4, gradient_checkpointing=True)).prepare()
+    trainer._enter(trainer.stages[3])  # three frozen layers below trained embeddings, one new layer
+    trainer.model(torch.randint(0, 256, (1, 8))).sum().backward()
+    assert len(calls) == 4
+
+
+def test_adapters_on_bitnet_layers_are_refused_by_validation() -> None:
+    from stackwise.config.loader import load_mapping
+
+    result = load_mapping(
+        {
+            "model": {"n_layers": 4, "quantization": {}},
+            "training": {"mode": "fused", "fusion_mode": "trainable", "qlora_enabled": True, "max_steps": 4},
+        }
+    )
+    assert any(i.path == "training.qlora_enabled" and "BitNet" in i.message for i in result.errors)
+
+
+def test_init_from_a_stagewise_checkpoint_with_adapters_points_to_the_merged_model(tmp_path: Path) -> None:
+    from stackwise.train.trainer import TrainingError
+
+    trainer = Trainer(qlora_config(tmp_path / "a"))
+    trainer.fit()
+    cfg = qlora_config(tmp_path / "b", init_from=str(trainer.progress.last_checkpoint))
+    with pytest.raises(TrainingError, match="fused/stage_K"):
+        Trainer(cfg).prepare()
+    merged = str(tmp_path / "a" / "runs" / "run" / "fused" / "stage_1")
+    assert Trainer(qlora_config(tmp_path / "c", init_from=merged)).prepare()
