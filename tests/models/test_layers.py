@@ -390,13 +390,17 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients(name: str) -> None
         torch.testing.assert_close(grads_ckpt[name_].grad, p.grad, **EXACT, msg=name_)
 
 
-def test_gradient_checkpointing_is_off_in_eval_and_no_grad() -> None:
+def test_gradient_checkpointing_recomputes_where_a_gradient_passes_and_only_there() -> None:
     m = model()
     m.set_gradient_checkpointing(True)
     calls = []
     m.layers[0].attn.register_forward_pre_hook(lambda *_: calls.append(1))
-    m.eval()
+    m.eval()  # a frozen (eval-mode) layer that a gradient passes through is recomputed in the backward
     next_token_loss(m, token_ids()).backward()
+    assert len(calls) == 2
+    calls.clear()
+    with torch.no_grad():  # no graph: nothing to recompute
+        m(token_ids())
     assert len(calls) == 1
     m.set_gradient_checkpointing(False)
     assert not any(layer.gradient_checkpointing for layer in m.layers)
