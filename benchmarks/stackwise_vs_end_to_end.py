@@ -32,8 +32,8 @@ ran longer; then `extrapolated` is true), and whether the arm's final figure is 
 machine other programs stretch some steps many times over (measured here: 0.12 s steps taking 2 s for a while;
 CPU time grows with them, the threads spin), so the same comparison is also made on "steady" seconds: each
 stage's steps at that stage's median step time over its logging windows (`steps / 20` steps each), which
-leaves bursts of load out. Where the two verdicts differ, the machine was busy. `--size cpu` takes about 10
-minutes on an idle 2-core machine.
+leaves short bursts of load out (not a run slowed from start to end: each run records the load average). Where
+the two verdicts differ, the machine was busy. `--size cpu` takes about 8 minutes on an idle 2-core machine.
 
 Writes `<out>/runs/<arm>-seed<seed>/` (run directories), `<out>/logs/`, `<out>/results.json` (every run, with its
 curve) and `<out>/loss_curves.png`; prints the aggregates and the verdicts on the pre-stated lines as JSON. The file
@@ -415,7 +415,8 @@ def plot(runs: list[dict[str, Any]], arms: list[str], path: Path) -> None:
         by_tokens.plot(tokens, val, **style)
         by_seconds.plot(seconds, val, **style)
     by_tokens.set_xlabel("training tokens")
-    by_seconds.set_xlabel("training seconds (evaluation excluded)")
+    by_seconds.set_xscale("symlog", linthresh=1.0)  # a run slowed by other programs stretches a linear axis
+    by_seconds.set_xlabel("training seconds (evaluation excluded; log scale above 1 s)")
     for ax in (by_tokens, by_seconds):
         ax.set_ylabel("val bits/byte (NELBO for masked arms; dashed: causal)")
         ax.grid(alpha=0.3)

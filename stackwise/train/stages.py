@@ -6,8 +6,10 @@ layers (a progressive "stack" is a block):
 
 - `end_to_end`: one stage, every layer trained.
 - `layerwise` / `blockwise` (greedy): stage k has B_0..B_k; B_k and the shared head (final norm and output
-  layer) train, everything below is frozen, including the embeddings after stage 0. The frozen trunk gets no
-  gradient, so it builds no autograd graph, and its outputs can be cached (`cache_activations`).
+  layer) train, everything below is frozen, including the embeddings after stage 0. With an untied head the
+  frozen trunk gets no gradient, so it builds no autograd graph, and its outputs can be cached
+  (`cache_activations`). A tied head is the input embedding, which then trains in every stage, so gradients
+  pass through the frozen trunk as in `fused`.
 - `fused`: stage k has B_0..B_k and trains through the whole current model: the embeddings and the head train
   in every stage (their gradients pass through the trunk). `fusion_mode: frozen` freezes the trunk;
   `trainable` trains it: through LoRA adapters (`qlora_enabled`, ranks from the progressive section's stack
