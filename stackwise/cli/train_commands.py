@@ -83,7 +83,7 @@ def train(
     if len(trainer.stages) > 1:
         from ..train.plan import stage_rows
 
-        print_stages(console, stage_rows(cfg, trainer.stages, trainer.vocab_size))
+        print_stages(console, stage_rows(cfg, trainer.stages, trainer.vocab_size, trainer.stage_trainable))
     summary = _fit(console, trainer, TrainingDiverged)
     console.print(
         "[bold]done[/]: "

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,31 +99,15 @@ def save_checkpoint(
     keep: int | None = None,
 ) -> Path:
     """Write checkpoint `step` into `folder` atomically, point `latest` at it, and prune to `keep`."""
-    from safetensors.torch import save_model
 
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:08d}"
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(
-        {"optimizers": [o.state_dict() for o in optimizers], "scaler": scaler.state_dict() if scaler else None},
-        tmp / "optimizer.pt",
-    )
-    torch.save(rng_state(generators), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2, default=str), encoding="utf-8")
-    for file in tmp.iterdir():
-        with open(file, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # re-saving a step (a resumed run saving where it started): swap, then delete the old one
-        old = folder / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(folder)
+    def training_state(tmp: Path) -> None:
+        torch.save(
+            {"optimizers": [o.state_dict() for o in optimizers], "scaler": scaler.state_dict() if scaler else None},
+            tmp / "optimizer.pt",
+        )
+        torch.save(rng_state(generators), tmp / "rng.pt")
+
+    final = save_weights(folder / f"step_{step:08d}", model, {**state, "step": step}, training_state)
     write_text_atomic(folder / LATEST, final.name + "\n")
     if keep is not None:
         for old in checkpoint_dirs(folder)[:-keep]:
@@ -131,8 +116,14 @@ def save_checkpoint(
     return final
 
 
-def save_weights(path: Path, model: nn.Module, state: dict[str, Any]) -> Path:
-    """Write a weights-only checkpoint (model.safetensors and state.json) to `path` atomically, replacing it."""
+def save_weights(
+    path: Path, model: nn.Module, state: dict[str, Any], extra: Callable[[Path], None] | None = None
+) -> Path:
+    """Write model.safetensors and state.json (and what `extra` writes into the folder) to `path` atomically.
+
+    Everything goes to a temporary sibling first and is renamed into place; an existing `path` (a resumed run
+    saving the step it started from) is swapped out, then deleted.
+    """
     from safetensors.torch import save_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,15 +131,19 @@ def save_weights(path: Path, model: nn.Module, state: dict[str, Any]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
+    if extra is not None:
+        extra(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
     for file in tmp.iterdir():
         with open(file, "rb") as fh:
             os.fsync(fh.fileno())
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
     if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
         os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
 

@@ -66,9 +66,12 @@ def _lr(stage: schedule.Stage) -> str:
     return ", ".join(f"{what} {lr:g}" for what, lr in parts.items())
 
 
-def stage_rows(cfg: StackwiseConfig, stages: list[schedule.Stage], vocab_size: int) -> list[dict[str, Any]]:
-    """One row per stage: stage, layers, trainable, adapters, precision, lr, steps, mask."""
-    counts = trainable_per_stage(cfg, stages, vocab_size)
+def stage_rows(
+    cfg: StackwiseConfig, stages: list[schedule.Stage], vocab_size: int, counts: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """One row per stage: stage, layers, trainable, adapters, precision, lr, steps, mask (`counts`: trainable
+    parameters per stage, when already measured)."""
+    counts = counts if counts is not None else trainable_per_stage(cfg, stages, vocab_size)
     rows = []
     for stage, count in zip(stages, counts, strict=True):
         layers = " ".join(

@@ -57,8 +57,6 @@ class Rack:
     def _quantize(self, i: int, kind: str) -> None:
         if kind == "fp32" or self.base.get(i) == kind:
             return
-        if kind == "nvfp4":
-            raise RackError("nvfp4 needs NVIDIA FP4 hardware (Blackwell); use new_stack_precision bfloat16")
         if self.quantize:
             # Per-block absmax kept in fp32 (no double quantization): a save/load cycle then gives back the same
             # 4-bit weights bit for bit, so a resumed run matches an uninterrupted one. It costs 0.37 bit/weight.

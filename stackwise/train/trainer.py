@@ -151,9 +151,8 @@ class Trainer:
             self.model = build_model(cfg.model, self.vocab_size).to(self.num.device)
         if t.init_from:
             source = ckpt.resolve(t.init_from, Path(t.init_from))
-            if ckpt.read_state(source).get("layout", {}).get("adapters") or ckpt.read_state(source).get(
-                "layout", {}
-            ).get("base"):
+            layout = ckpt.read_state(source).get("layout", {})
+            if layout.get("adapters") or layout.get("base"):
                 raise TrainingError(
                     f"init_from: {source} is a checkpoint of a stage-wise run with adapters or quantized layers; "
                     "initialise from its merged model instead: <run>/fused/stage_K (save_fused_checkpoints: true)"
@@ -199,7 +198,7 @@ class Trainer:
         from .plan import trainable_per_stage
 
         try:
-            trainable_per_stage(self.cfg, self.stages, self.vocab_size)
+            self.stage_trainable = trainable_per_stage(self.cfg, self.stages, self.vocab_size)
         except (RackError, ValueError) as err:
             raise TrainingError(f"stage schedule: {err}") from err
         if any(s.base in ("nf4", "fp4") for st in self.stages for s in st.stacks):
@@ -217,7 +216,6 @@ class Trainer:
             groups = self.rack.apply(stage)
         except RackError as err:
             raise TrainingError(str(err)) from err
-        self.model.to(self.num.device)  # adapters are created on the weights' device; this is a no-op then
         self.optimizers = [
             opt
             for lr, named in groups
