@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.attention import attention as attention_op
+from ..kernels.attention import triton_limit as attention_triton_limit
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 (as Llama does) and cast back."""
@@ -105,6 +108,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.impl = "torch"  # or "triton": chosen from outside, by `Transformer.use_kernels`
+
+    def triton_limit(self) -> str | None:
+        return attention_triton_limit(self.head_dim, self.head_dim, self.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -114,13 +121,9 @@ class Attention(nn.Module):
         if self.rope is not None:
             cos, sin = self.rope(T, device=x.device)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            is_causal=self.causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,  # K/V heads are shared, not repeated in memory
+        # K/V heads are shared by their query group, not repeated in memory.
+        out = attention_op(
+            q, k, v, causal=self.causal, impl=self.impl, dropout=self.dropout if self.training else 0.0
         )  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -185,6 +188,10 @@ class LatentAttention(nn.Module):
         self.kv_norm = RMSNorm(kv_lora_rank, 1e-6)
         self.kv_b_proj = nn.Linear(kv_lora_rank, n_heads * (qk_nope_head_dim + v_head_dim), bias=False)
         self.o_proj = nn.Linear(n_heads * v_head_dim, d_model, bias=bias)
+        self.impl = "torch"  # or "triton": chosen from outside, by `Transformer.use_kernels`
+
+    def triton_limit(self) -> str | None:
+        return attention_triton_limit(self.nope + self.rot, self.v_dim, self.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -200,8 +207,8 @@ class LatentAttention(nn.Module):
         k_rot = apply_rope(k_rot.unsqueeze(1), cos, sin).expand(B, H, T, self.rot)  # one rotated key, all heads
         q = torch.cat([q_nope, q_rot], dim=-1)
         k = torch.cat([k_nope, k_rot], dim=-1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        out = attention_op(
+            q, k, v, causal=self.causal, impl=self.impl, dropout=self.dropout if self.training else 0.0
         )  # (B, H, T, Dv); scale 1/sqrt(Dnope + Drope)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
 

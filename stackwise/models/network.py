@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..kernels.dispatch import select
 from .layers import MLP, Attention, KernelAttention, LatentAttention, RotaryEmbedding, make_norm
 from .peer import PEER
 
@@ -85,6 +86,26 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden_states(input_ids))
+
+    def use_kernels(
+        self, attention: str = "auto", peer: str = "auto", *, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, str]:
+        """Choose each op's implementation (torch or triton) for this device and compute dtype, once.
+
+        `attention` / `peer`: auto, torch or triton (the config's `attention_kernel` / `peer_kernel`). Raises
+        `KernelUnavailableError` when triton is asked for where it cannot run. Returns {op: implementation}.
+        """
+        chosen: dict[str, str] = {}
+        for module in self.modules():
+            if isinstance(module, (Attention, LatentAttention)):
+                op, choice, setting = "attention", attention, "model.attention_kernel"
+            elif isinstance(module, PEER):
+                op, choice, setting = "peer", peer, "model.peer_kernel"
+            else:
+                continue
+            module.impl = select(op, choice, device, dtype, limit=module.triton_limit(), setting=setting)
+            chosen[op] = module.impl
+        return chosen
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer's activations in the backward pass instead of storing them."""

@@ -1,10 +1,14 @@
-"""PEER: parameter-efficient expert retrieval (He, 2024, "Mixture of A Million Experts"), the PyTorch reference.
+"""PEER: parameter-efficient expert retrieval (He, 2024, "Mixture of A Million Experts"), a layer in place of the MLP.
 
 Each of `num_heads` retrieval heads projects the token to a query, splits it into one part per sub-key
 set, scores each part against its (trainable) sub-keys, keeps the top k of each, combines them into
 candidate experts of the product space (scores add, indices multiply out), and keeps the final top k.
 The chosen experts are single neurons (or `expert_hidden_size`-wide MLPs): out += softmax(score) x
 v_e act(u_e . x). Expert usage is counted so that the trainer can log it and flag "hot" experts.
+
+The math lives in `stackwise.kernels.peer`: the PyTorch reference, or the Triton kernels when `impl` is
+"triton" (set from outside by `Transformer.use_kernels`), which read the chosen experts from the tables
+instead of gathering per-token copies of their weights.
 """
 
 from __future__ import annotations
@@ -12,25 +16,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.peer import peer_experts, peer_retrieve, product_topk
+from ..kernels.peer import triton_limit as peer_triton_limit
 
-def product_topk(scores: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of the Cartesian product of sub-key scores. scores[i]: (..., N_i) -> (values, flat indices) (..., k).
-
-    The flat index of (i_0, ..., i_{n-1}) is row-major over (N_0, ..., N_{n-1}). Keeping the top k of each
-    factor is exact: any top-k product element is built from top-k elements of every factor.
-    """
-    values, indices = scores[0].topk(min(k, scores[0].shape[-1]), dim=-1)  # (..., k)
-    for sub in scores[1:]:
-        sub_values, sub_indices = sub.topk(min(k, sub.shape[-1]), dim=-1)  # (..., k)
-        combined = values.unsqueeze(-1) + sub_values.unsqueeze(-2)  # (..., k, k)
-        flat = indices.unsqueeze(-1) * sub.shape[-1] + sub_indices.unsqueeze(-2)  # (..., k, k)
-        candidates = combined.flatten(-2)  # (..., k * k)
-        values, best = candidates.topk(min(k, candidates.shape[-1]), dim=-1)
-        indices = flat.flatten(-2).gather(-1, best)
-    return values, indices
+__all__ = ["PEER", "product_topk"]
 
 
 class PEER(nn.Module):
@@ -67,6 +58,10 @@ class PEER(nn.Module):
         self.up = nn.Embedding(num_experts, expert_hidden_size * d_model)  # v_e
         self.track_usage = track_usage
         self.register_buffer("usage", torch.zeros(num_experts, dtype=torch.long), persistent=False)
+        self.impl = "torch"  # or "triton": chosen from outside, by `Transformer.use_kernels`
+
+    def triton_limit(self) -> str | None:
+        return peer_triton_limit(self.product_key_dim, self.k, self.d_model)
 
     def retrieve(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, expert indices), each (B, T, heads, k)."""
@@ -74,9 +69,9 @@ class PEER(nn.Module):
         q = self.query(x).view(B, T, self.num_heads, self.query_dim)  # (B, T, Hr, Q)
         if self.query_norm is not None:
             q = self.query_norm(q)
-        parts = q.chunk(len(self.product_key_dim), dim=-1)  # n x (B, T, Hr, Q/n)
-        scores = [torch.einsum("bthd,hnd->bthn", part, keys) for part, keys in zip(parts, self.keys, strict=True)]
-        return product_topk(scores, self.k)
+        q = q.reshape(B * T, self.num_heads, self.query_dim)  # (N, Hr, Q)
+        scores, experts = peer_retrieve(q, list(self.keys), self.k, self.impl)  # (N, Hr, k)
+        return scores.view(B, T, self.num_heads, self.k), experts.view(B, T, self.num_heads, self.k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
@@ -85,10 +80,17 @@ class PEER(nn.Module):
             with torch.no_grad():
                 self.usage += torch.bincount(experts.flatten(), minlength=self.usage.numel())
         gates = scores.softmax(dim=-1)  # (B, T, Hr, k)
-        down = self.down(experts).view(B, T, self.num_heads, self.k, self.hidden, D)  # per-token copies: reference only
-        up = self.up(experts).view(B, T, self.num_heads, self.k, self.hidden, D)
-        hidden = F.gelu(torch.einsum("btd,bthkjd->bthkj", x, down))  # (B, T, Hr, k, hidden)
-        return torch.einsum("bthk,bthkj,bthkjd->btd", gates, hidden, up)
+        slots = self.num_heads * self.k
+        out = peer_experts(
+            x.reshape(B * T, D),
+            gates.view(B * T, slots),
+            experts.view(B * T, slots),
+            self.down.weight,
+            self.up.weight,
+            self.hidden,
+            self.impl,
+        )  # (B * T, D)
+        return out.view(B, T, D)
 
     def hot_experts(self, threshold: float) -> torch.Tensor:
         """Indices of experts used more than `threshold` times the mean usage."""
