@@ -28,6 +28,7 @@ def _fail(console: Console, message: str, code: int = 1) -> typer.Exit:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Domain errors that are the user's to fix: printed as one message, exit 1 (not a traceback)."""
+    from ..kernels.dispatch import KernelUnavailableError
     from ..models.builders import UnsupportedModelError
     from ..train.checkpoint import CheckpointError
     from ..train.metrics import MetricsError
@@ -41,6 +42,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         DataError,
         DeviceError,
+        KernelUnavailableError,
         MetricsError,
         OptimizerError,
         TokenizerError,

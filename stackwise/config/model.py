@@ -130,12 +130,20 @@ class ModelConfig(Section):
     kernel_dim: int | None = field(
         None, "Random-feature dimension for kernel_type gaussian; null = head dimension.", ge=1
     )
-    attention_kernel: KernelChoice = field("auto", "Attention implementation: auto, torch (reference) or triton.")
+    attention_kernel: KernelChoice = field(
+        "auto",
+        "Softmax attention implementation: auto (our Triton kernel on a CUDA GPU in fp16/bf16, PyTorch SDPA "
+        "elsewhere), torch (SDPA), or triton (an error where it cannot run).",
+    )
     mla: MLAConfig = field(factory=MLAConfig, description="Multi-head latent attention settings (attention_type: mla).")
     use_peer: bool = field(False, "Replace the MLP of layers from peer_start_layer on with PEER expert layers.")
     peer_start_layer: int = field(0, "First layer (0-based) that uses PEER.", ge=0)
     peer: PEERConfig = field(factory=PEERConfig, description="PEER settings (use_peer: true).")
-    peer_kernel: KernelChoice = field("auto", "PEER retrieval implementation: auto, torch (reference) or triton.")
+    peer_kernel: KernelChoice = field(
+        "auto",
+        "PEER retrieval and expert implementation: auto (our Triton kernels on a CUDA GPU in fp16/bf16, the "
+        "PyTorch reference elsewhere), torch, or triton (an error where it cannot run).",
+    )
     quantization: QuantizationConfig | None = field(
         None, "BitNet linear layers (ternary weights, 8-bit activations); null = full-precision linear layers."
     )

@@ -178,6 +178,38 @@ def attention_options_apply(cfg: StackwiseConfig) -> Iterable[Issue]:
 
 
 @rule(
+    "model.attention_kernel", "model.attention_dropout", "model.attention_type", "model.peer_kernel", "model.use_peer"
+)
+def kernel_choices_apply(cfg: StackwiseConfig) -> Iterable[Issue]:
+    m = cfg.model
+    if m.attention_kernel == "triton" and m.attention_dropout > 0:
+        yield error(
+            "model.attention_kernel",
+            f"the Triton attention kernel has no attention dropout, but attention_dropout is {m.attention_dropout}; "
+            "set attention_dropout: 0, or attention_kernel: auto (PyTorch's attention where dropout is on)",
+        )
+    if is_given(cfg, "model.attention_kernel") and m.attention_type == "kernel":
+        yield warning(
+            "model.attention_kernel", "attention_kernel applies to softmax attention (standard, gqa, mla), not kernel"
+        )
+    if is_given(cfg, "model.peer_kernel") and not m.use_peer:
+        yield warning("model.peer_kernel", "peer_kernel only applies with use_peer: true")
+    elif m.use_peer and m.peer_kernel == "triton":
+        if len(m.peer.product_key_dim) != 2:
+            yield error(
+                "model.peer_kernel",
+                f"the Triton PEER kernels take two sub-key sets, but product_key_dim has "
+                f"{len(m.peer.product_key_dim)}; use peer_kernel: auto or torch",
+            )
+        if m.peer.num_experts_per_tok > 32:
+            yield error(
+                "model.peer_kernel",
+                f"the Triton PEER kernels keep at most 32 experts per head, but num_experts_per_tok is "
+                f"{m.peer.num_experts_per_tok}; use peer_kernel: auto or torch",
+            )
+
+
+@rule(
     "model.use_peer",
     "model.peer.num_experts",
     "model.peer.product_key_dim",

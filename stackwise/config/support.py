@@ -16,7 +16,6 @@ from .fields import section_type
 from .rules import set_fields
 from .schema import StackwiseConfig
 
-KERNELS = "stackwise.kernels (Triton attention and PEER kernels, issue #6)"
 DISTRIBUTED = "stackwise.train distributed wrappers (DDP / FSDP)"
 DISTILL = "stackwise.train distillation (teacher losses)"
 EVALS = "stackwise.train benchmark evaluation"
@@ -160,6 +159,8 @@ CONSUMED: dict[str, str] = {
         )
     },
     "training.cache_activations": "stackwise.train.rack.TrunkCache",
+    "model.attention_kernel": "stackwise.kernels.dispatch (Transformer.use_kernels)",
+    "model.peer_kernel": "stackwise.kernels.dispatch (Transformer.use_kernels)",
     "training.save_fused_checkpoints": "stackwise.train.trainer.Trainer.save_fused",
     "logging.jsonl": "stackwise.train.metrics",
     "logging.tensorboard": "stackwise.train.metrics",
@@ -169,7 +170,6 @@ CONSUMED: dict[str, str] = {
 # The component that will consume each field not read yet. Every leaf field is named, or its sub-section
 # (`model.peer`) is: never a whole top-level section, so that a new field must be placed on purpose.
 PLANNED: dict[str, tuple[str, ...]] = {
-    KERNELS: ("model.attention_kernel", "model.peer_kernel"),
     DISTILL: (
         "distillation.lambda_logits",
         "distillation.gamma_attention",

@@ -158,6 +158,9 @@ class Trainer:
                     "initialise from its merged model instead: <run>/fused/stage_K (save_fused_checkpoints: true)"
                 )
             ckpt.load_weights(source, self.model)
+        self.kernels = self.model.use_kernels(
+            cfg.model.attention_kernel, cfg.model.peer_kernel, device=self.num.device, dtype=self.num.dtype
+        )
         if t.gradient_checkpointing:
             self.model.set_gradient_checkpointing(True)
         if t.compile:

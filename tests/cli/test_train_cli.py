@@ -86,10 +86,10 @@ def test_generate_unmasks_for_a_masked_diffusion_run(tmp_path: Path) -> None:
 
 def test_a_refused_setting_names_the_file_and_key(tmp_path: Path) -> None:
     config = tiny(tmp_path)
-    config.write_text(config.read_text().replace("model:\n", "model:\n  attention_kernel: triton\n"))
+    config.write_text(config.read_text() + "distributed:\n  strategy: ddp\n")
     result = invoke("train", config)
     assert result.exit_code == 1
-    assert "tiny.yaml" in result.output and "model.attention_kernel" in result.output
+    assert "tiny.yaml" in result.output and "distributed.strategy" in result.output
     assert "not supported yet" in result.output
     assert not (tmp_path / "runs").exists()  # nothing ran
 
@@ -165,3 +165,13 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
     trainer.on_progress = on_progress
     assert trainer.fit()["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_kernel_that_cannot_run_here_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the CPU without Triton's interpreter
+    config = tiny(tmp_path)
+    config.write_text(config.read_text().replace("model:\n", "model:\n  attention_kernel: triton\n"))
+    result = invoke("train", config)
+    assert result.exit_code == 1
+    assert "model.attention_kernel is triton, but" in result.output and "use auto or torch" in result.output
+    assert "Traceback" not in result.output

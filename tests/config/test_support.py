@@ -48,19 +48,21 @@ def test_set_fields_not_consumed_are_refused() -> None:
                 "attention_kernel": "triton",
             },
             "training": {"lr": 1e-3},
+            "distributed": {"strategy": "ddp"},
         }
     )
     issues = {i.path: i.message for i in unsupported_settings(cfg)}
     assert "model.name" not in issues and "model.d_model" not in issues  # read by the config layer / the builder
     assert "model.use_peer" not in issues  # the builder reads PEER settings now
     assert "training.learning_rate" not in issues  # the trainer reads it
-    assert "issue #6" in issues["model.attention_kernel"]
-    assert issues["model.attention_kernel"].startswith("`model.attention_kernel` is not supported yet")
+    assert "model.attention_kernel" not in issues  # the kernel dispatch reads it
+    assert "DDP" in issues["distributed.strategy"]
+    assert issues["distributed.strategy"].startswith("`distributed.strategy` is not supported yet")
 
 
 def test_a_planned_setting_written_at_its_default_is_not_refused() -> None:
-    # `attention_kernel: auto` asks for what the engine does; `triton` asks for what it does not do yet.
-    same = StackwiseConfig.from_dict({"model": {"attention_kernel": "auto", "peer_kernel": "auto"}})
+    # `strategy: single` asks for what the engine does; `ddp` asks for what it does not do yet.
+    same = StackwiseConfig.from_dict({"distributed": {"strategy": "single", "num_gpus": 1}})
     assert unsupported_settings(same) == []
-    other = StackwiseConfig.from_dict({"model": {"attention_kernel": "triton", "peer_kernel": "triton"}})
-    assert [i.path for i in unsupported_settings(other)] == ["model.attention_kernel", "model.peer_kernel"]
+    other = StackwiseConfig.from_dict({"distributed": {"strategy": "ddp", "num_gpus": 2}})
+    assert [i.path for i in unsupported_settings(other)] == ["distributed.strategy", "distributed.num_gpus"]

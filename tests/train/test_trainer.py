@@ -199,8 +199,8 @@ def test_resuming_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unsupported_settings_are_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        Trainer(config(tmp_path, model={"attention_kernel": "triton"}))
-    assert any(i.path == "model.attention_kernel" and "not supported yet" in i.message for i in err.value.issues)
+        Trainer(config(tmp_path, distributed={"strategy": "ddp"}))
+    assert any(i.path == "distributed.strategy" and "not supported yet" in i.message for i in err.value.issues)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw_8bit", "muon"])
