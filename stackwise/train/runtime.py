@@ -50,6 +50,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError("training.precision bf16 needs an Ampere or newer GPU; use fp16 (with a grad scaler)")
+    if precision == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise DeviceError("training.precision bf16 on Apple MPS needs macOS 14 or newer; use fp16 or fp32")
     return precision
 
 

@@ -80,3 +80,18 @@ def test_mps_is_refused_without_mps():
 def test_cuda_index_beyond_the_devices_is_refused():
     with pytest.raises(DeviceError, match="CUDA device"):
         pick_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_mps_precision_choices(monkeypatch: pytest.MonkeyPatch):
+    # Selection logic only (no MPS hardware here): auto is fp32 on MPS, fp16 gets a scaler, bf16 needs macOS 14.
+    from stackwise.train.runtime import resolve_precision
+
+    mps = torch.device("mps")
+    assert resolve_precision("auto", mps) == "fp32"
+    assert Numerics(mps, "fp16").grad_scaler() is not None
+    assert Numerics(mps, "bf16").grad_scaler() is None
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: major <= 13)
+    with pytest.raises(DeviceError, match="macOS 14"):
+        resolve_precision("bf16", mps)
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: True)
+    assert resolve_precision("bf16", mps) == "bf16"
