@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting
+from .dispatch import interpreting, launch_device
 
 LOG2E = 1.4426950408889634
 
@@ -41,7 +41,7 @@ def _forward(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    b, h = (bh // H).to(tl.int64), bh % H  # int64: b * stride passes 2**31 on large batches
     hk = h // G
     rows = pid_m * BM + tl.arange(0, BM)
     cols = tl.arange(0, BN)
@@ -90,7 +90,7 @@ def _backward_kv(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_n, bhk = tl.program_id(0), tl.program_id(1)
-    b, hk = bhk // HKV, bhk % HKV
+    b, hk = (bhk // HKV).to(tl.int64), bhk % HKV  # int64: b * stride passes 2**31 on large batches
     keys = pid_n * BN + tl.arange(0, BN)
     dq, dv = tl.arange(0, BDQK), tl.arange(0, BDV)
     k = tl.load(
@@ -152,7 +152,7 @@ def _backward_q(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    b, h = (bh // H).to(tl.int64), bh % H  # int64: b * stride passes 2**31 on large batches
     hk = h // G
     rows = pid_m * BM + tl.arange(0, BM)
     cols = tl.arange(0, BN)
@@ -198,14 +198,28 @@ def _backward_q(
     )
 
 
-def _config(dqk: int, dv: int) -> dict:
-    """Block sizes and launch settings: power-of-two tiles at least 16 wide (tl.dot's minimum)."""
+# (BM, BN, num_warps, num_stages) per kernel and padded head dim. BM is the query block and BN the key block
+# in every kernel: the forward and dQ keep a query block resident, dK/dV a key block. Each setting fits the
+# H100's 227 KB of shared memory per block without register spills when compiled for sm_90 (checked with
+# ptxas from Triton's wheel; not yet timed on a GPU). fp32 has no tensor-core path: small tiles that fit.
+_TILES = {
+    64: {"forward": (128, 64, 4, 3), "kv": (32, 128, 8, 3), "q": (128, 32, 4, 3)},
+    128: {"forward": (128, 64, 8, 3), "kv": (16, 128, 8, 2), "q": (128, 32, 8, 2)},
+    256: {"forward": (64, 32, 8, 2), "kv": (16, 64, 8, 2), "q": (64, 32, 8, 2)},
+}
+_TILES_FP32 = {"forward": (64, 32, 4, 2), "kv": (32, 64, 4, 2), "q": (64, 32, 4, 2)}
+
+
+def _config(kernel: str, dqk: int, dv: int, dtype: torch.dtype) -> dict:
+    """Launch settings of `kernel` (forward, kv or q): power-of-two tiles at least 16 wide (tl.dot's minimum)."""
     bdqk, bdv = max(16, triton.next_power_of_2(dqk)), max(16, triton.next_power_of_2(dv))
     if interpreting():  # small tiles: the tests' short sequences still cross several blocks
-        return dict(BM=16, BN=16, BDQK=bdqk, BDV=bdv, num_warps=1, num_stages=1)
-    wide = max(bdqk, bdv) > 128
-    return dict(BM=64 if wide else 128, BN=32 if wide else 64, BDQK=bdqk, BDV=bdv, num_warps=8 if wide else 4,
-                num_stages=2 if wide else 3)  # fmt: skip
+        bm, bn, warps, stages = 16, 16, 1, 1
+    elif dtype == torch.float32:
+        bm, bn, warps, stages = _TILES_FP32[kernel]
+    else:
+        bm, bn, warps, stages = _TILES[max(64, bdqk, bdv)][kernel]
+    return dict(BM=bm, BN=bn, BDQK=bdqk, BDV=bdv, num_warps=warps, num_stages=stages)
 
 
 def _flags(dtype: torch.dtype) -> dict:
@@ -228,14 +242,14 @@ def _forward_op(
     HKV, TK, DV = k.shape[1], k.shape[2], v.shape[-1]
     out = q.new_empty(B, TQ, H, DV).transpose(1, 2)  # (B, H, Tq, Dv) over (B, Tq, H, Dv) memory: no copy after
     lse = q.new_empty(B * H, TQ, dtype=torch.float32)
-    cfg = _config(DQK, DV)
-    BM = cfg["BM"]
-    _forward[(triton.cdiv(TQ, BM), B * H)](
-        q, k, v, out, lse,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        H, H // HKV, TQ, TK, DQK, DV, scale * LOG2E,
-        CAUSAL=causal, **cfg, **_flags(q.dtype),
-    )  # fmt: skip
+    cfg = _config("forward", DQK, DV, q.dtype)
+    with launch_device(q):
+        _forward[(triton.cdiv(TQ, cfg["BM"]), B * H)](
+            q, k, v, out, lse,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            H, H // HKV, TQ, TK, DQK, DV, scale * LOG2E,
+            CAUSAL=causal, **cfg, **_flags(q.dtype),
+        )  # fmt: skip
     return out, lse
 
 
@@ -261,23 +275,23 @@ def _backward_op(
     HKV, TK, DV = k.shape[1], k.shape[2], v.shape[-1]
     delta = (do.float() * out.float()).sum(-1).reshape(B * H, TQ)  # rowsum(dO * O), the softmax backward's term
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    cfg = _config(DQK, DV)
-    common = dict(CAUSAL=causal, **cfg, **_flags(q.dtype))
+    kv, qc = _config("kv", DQK, DV, q.dtype), _config("q", DQK, DV, q.dtype)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    _backward_kv[(triton.cdiv(TK, cfg["BN"]), B * HKV)](
-        q, k, v, do, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
-        H, HKV, H // HKV, TQ, TK, DQK, DV, scale * LOG2E, scale, **common,
-    )  # fmt: skip
-    _backward_q[(triton.cdiv(TQ, cfg["BM"]), B * H)](
-        q, k, v, do, lse, delta, dq, *strides, *dq.stride()[:3],
-        H, H // HKV, TQ, TK, DQK, DV, scale * LOG2E, scale, **common,
-    )  # fmt: skip
+    with launch_device(q):
+        _backward_kv[(triton.cdiv(TK, kv["BN"]), B * HKV)](
+            q, k, v, do, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
+            H, HKV, H // HKV, TQ, TK, DQK, DV, scale * LOG2E, scale, CAUSAL=causal, **kv, **_flags(q.dtype),
+        )  # fmt: skip
+        _backward_q[(triton.cdiv(TQ, qc["BM"]), B * H)](
+            q, k, v, do, lse, delta, dq, *strides, *dq.stride()[:3],
+            H, H // HKV, TQ, TK, DQK, DV, scale * LOG2E, scale, CAUSAL=causal, **qc, **_flags(q.dtype),
+        )  # fmt: skip
     return dq, dk, dv
 
 
 @_backward_op.register_fake
 def _(do, q, k, v, out, lse, causal, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return tuple(torch.empty_like(_last_dim_dense(t)) for t in (q, k, v))  # as the real op allocates them
 
 
 def _setup_context(ctx, inputs, output) -> None:

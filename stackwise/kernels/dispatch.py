@@ -8,6 +8,7 @@ interpreter, which tests use; never Apple MPS), or a call the kernel cannot do. 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -46,6 +47,8 @@ def why_not_triton(device: torch.device, dtype: torch.dtype, limit: str | None =
         return "Triton kernels run on CUDA GPUs; on the CPU only under TRITON_INTERPRET=1 (the interpreter, for tests)"
     if device.type not in ("cuda", "cpu"):
         return f"Triton does not compile for {device.type} devices"
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        return "the Triton kernels need an NVIDIA GPU of compute capability 8.0 (Ampere) or newer"
     if dtype not in KERNEL_DTYPES:
         return f"the kernels take fp16, bf16 or fp32 tensors, not {dtype}"
     return limit
@@ -70,3 +73,8 @@ def select(
         _logged.add(key)
         log.info("%s on %s %s: %s (%s)", op, device.type, str(dtype).removeprefix("torch."), impl, choice)
     return impl
+
+
+def launch_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it the tensor's own (cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

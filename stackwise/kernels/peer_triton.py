@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting
+from .dispatch import interpreting, launch_device
 
 BLOCK_TOKENS = 16  # tl.dot wants at least 16 rows
 INV_SQRT2 = tl.constexpr(0.7071067811865476)
@@ -136,11 +136,12 @@ def _retrieve_op(
     # interpreter computes bf16 arithmetic on the raw bit patterns, so there bf16 is upcast before tl.dot.
     upcast = not same or queries.dtype == torch.float32 or (interpreting() and queries.dtype == torch.bfloat16)
     grid = (triton.cdiv(N, BLOCK_TOKENS), H)
-    _retrieve_kernel[grid](
-        queries, key_a, key_b, scores, indices, N, H, n_a, n_b, Q // 2,
-        K=k, BLOCK_N=BLOCK_TOKENS, BLOCK_S=min(64, max(16, _pow2(max(n_a, n_b)))),
-        BLOCK_Q=min(64, max(16, _pow2(Q // 2))), BLOCK_K=_pow2(k), UPCAST=upcast,
-    )  # fmt: skip
+    with launch_device(queries):
+        _retrieve_kernel[grid](
+            queries, key_a, key_b, scores, indices, N, H, n_a, n_b, Q // 2,
+            K=k, BLOCK_N=BLOCK_TOKENS, BLOCK_S=min(64, max(16, _pow2(max(n_a, n_b)))),
+            BLOCK_Q=min(64, max(16, _pow2(Q // 2))), BLOCK_K=_pow2(k), UPCAST=upcast,
+        )  # fmt: skip
     return scores, indices
 
 
@@ -301,10 +302,11 @@ def _experts_op(
     if N == 0:
         return out
     block_r, block_d, warps = _row_blocks(gates.shape[1] * hidden, D)
-    _experts_fwd_kernel[(N,)](
-        x, gates, indices, down, up, out, gates.shape[1], D,
-        HIDDEN=hidden, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-    )  # fmt: skip
+    with launch_device(x):
+        _experts_fwd_kernel[(N,)](
+            x, gates, indices, down, up, out, gates.shape[1], D,
+            HIDDEN=hidden, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
     return out
 
 
@@ -312,7 +314,7 @@ def _experts_op(
 def _(
     x: torch.Tensor, gates: torch.Tensor, indices: torch.Tensor, down: torch.Tensor, up: torch.Tensor, hidden: int
 ) -> torch.Tensor:
-    return torch.empty_like(x)
+    return torch.empty_like(x.contiguous())  # as the real op allocates it
 
 
 @torch.library.custom_op("stackwise::peer_experts_backward", mutates_args=())
@@ -337,10 +339,11 @@ def _experts_backward_op(
     if N == 0 or S == 0:
         return dx.zero_(), torch.zeros_like(gates), d_down, d_up
     block_r, block_d, warps = _row_blocks(S * hidden, D)
-    _experts_bwd_token_kernel[(N,)](
-        d_out, x, gates, indices, down, up, dx, coef_u, coef_v, hb, S, D,
-        HIDDEN=hidden, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-    )  # fmt: skip
+    with launch_device(x):
+        _experts_bwd_token_kernel[(N,)](
+            d_out, x, gates, indices, down, up, dx, coef_u, coef_v, hb, S, D,
+            HIDDEN=hidden, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
     d_gates = hb.view(N, S, hidden).sum(-1).to(gates.dtype)  # (N, S)
     if not weights:
         return dx, d_gates, d_down, d_up
@@ -350,10 +353,11 @@ def _experts_backward_op(
     experts, counts = torch.unique_consecutive(sorted_experts, return_counts=True)  # (M,)
     starts = counts.cumsum(0) - counts
     block_dw = min(256, _pow2(D))
-    _experts_bwd_weights_kernel[(experts.numel(), triton.cdiv(D, block_dw), hidden)](
-        x, d_out, coef_u, coef_v, order, experts, starts, counts, d_down, d_up, S, D,
-        HIDDEN=hidden, BLOCK_P=16, BLOCK_D=block_dw,
-    )  # fmt: skip
+    with launch_device(x):
+        _experts_bwd_weights_kernel[(experts.numel(), triton.cdiv(D, block_dw), hidden)](
+            x, d_out, coef_u, coef_v, order, experts, starts, counts, d_down, d_up, S, D,
+            HIDDEN=hidden, BLOCK_P=16, BLOCK_D=block_dw,
+        )  # fmt: skip
     return dx, d_gates, d_down, d_up
 
 
@@ -368,8 +372,9 @@ def _(
     hidden: int,
     weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    d_down, d_up = (torch.empty_like(t) if weights else t.new_empty(0) for t in (down, up))
-    return torch.empty_like(x), torch.empty_like(gates), d_down, d_up
+    # Contiguous, as the real op allocates them from its contiguous inputs.
+    d_down, d_up = (torch.empty_like(t.contiguous()) if weights else t.new_empty(0) for t in (down, up))
+    return torch.empty_like(x.contiguous()), torch.empty_like(gates.contiguous()), d_down, d_up
 
 
 def _experts_setup(ctx, inputs, output) -> None:

@@ -137,3 +137,12 @@ def test_real_shapes_on_gpu(shape, dtype: torch.dtype) -> None:
         got = errors(run(flash_attention, q, k, v, dout, causal), want)
         for err, base, w in zip(got, baseline, want, strict=True):
             assert err <= 2 * base + torch.finfo(dtype).eps * w.abs().max().item()
+
+
+def test_backward_op_accepts_inputs_without_a_dense_last_dim() -> None:
+    from stackwise.kernels.attention_triton import _backward_op, _forward_op
+
+    q, k, v, dout = inputs(1, 2, 1, 18, 16, 16, torch.float32)
+    q = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, last dimension strided
+    out, lse = _forward_op(q, k, v, True, 0.25)
+    torch.library.opcheck(_backward_op, (dout, q, k, v, out, lse, True, 0.25))

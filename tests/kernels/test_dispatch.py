@@ -20,8 +20,10 @@ def fresh_log() -> None:
     dispatch._logged.clear()
 
 
-def pretend_installed(monkeypatch: pytest.MonkeyPatch, installed: bool = True) -> None:
+def pretend_installed(monkeypatch: pytest.MonkeyPatch, installed: bool = True, capability=(9, 0)) -> None:
+    """Triton installed or not, and any CUDA device an H100 (compute capability 9.0) unless told otherwise."""
     monkeypatch.setattr(dispatch, "triton_installed", lambda: installed)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
 
 
 def test_torch_is_always_torch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +47,13 @@ def test_auto_falls_back_when_the_kernel_cannot_run_the_call(monkeypatch: pytest
     assert select("attention", "auto", CUDA, torch.bfloat16, limit="no dropout") == "torch"
     pretend_installed(monkeypatch, False)
     assert select("attention", "auto", CUDA, torch.bfloat16) == "torch"
+
+
+def test_gpus_before_ampere_run_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    pretend_installed(monkeypatch, capability=(7, 5))
+    assert select("attention", "auto", CUDA, torch.float16) == "torch"
+    with pytest.raises(KernelUnavailableError, match=r"compute capability 8.0 \(Ampere\) or newer"):
+        select("attention", "triton", CUDA, torch.float16, setting="model.attention_kernel")
 
 
 @pytest.mark.parametrize(

@@ -203,3 +203,17 @@ def test_triton_limit_names_the_reason() -> None:
     assert "at most 32" in wide.triton_limit()
     with pytest.raises(dispatch.KernelUnavailableError, match="two sub-key sets"):
         dispatch.select("peer", "triton", torch.device(DEVICE), torch.float32, limit=layer.triton_limit())
+
+
+def test_custom_ops_accept_non_contiguous_inputs() -> None:
+    # The fake (shape) functions must describe the outputs the real ops allocate, strides included, or
+    # torch.compile's generated code asserts on them; opcheck compares the two.
+    from stackwise.kernels import peer_triton
+
+    torch.manual_seed(0)
+    N, D, E, S = 7, 12, 9, 4
+    x = torch.randn(D, N).t().requires_grad_()  # (N, D), column-major
+    gates = torch.rand(N, S).softmax(-1).requires_grad_()
+    indices = torch.randint(0, E, (N, S))
+    down, up = (torch.randn(E, D, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(peer_triton._experts_op, (x, gates, indices, down, up, 1))
