@@ -51,6 +51,8 @@ def attention(
 ) -> torch.Tensor:
     """Attention by `impl`: `torch` is PyTorch's SDPA (flash / memory-efficient / math backends), `triton` ours."""
     if impl == "triton":
+        if dropout > 0:  # `Transformer.use_kernels` never picks triton with dropout; a hand-set impl must not drop it
+            raise ValueError("the Triton attention kernel has no attention dropout; use impl='torch'")
         from .attention_triton import flash_attention  # lazy: Triton is optional and reads TRITON_INTERPRET
 
         return flash_attention(q, k, v, causal=causal, scale=scale)

@@ -146,3 +146,11 @@ def test_backward_op_accepts_inputs_without_a_dense_last_dim() -> None:
     q = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, last dimension strided
     out, lse = _forward_op(q, k, v, True, 0.25)
     torch.library.opcheck(_backward_op, (dout, q, k, v, out, lse, True, 0.25))
+
+
+def test_dropout_is_never_silently_dropped() -> None:
+    from stackwise.kernels import attention
+
+    q, k, v, _ = inputs(1, 2, 2, 8, 16, 16, torch.float32)
+    with pytest.raises(ValueError, match="no attention dropout"):
+        attention(q, k, v, causal=True, impl="triton", dropout=0.1)
